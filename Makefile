@@ -1,0 +1,37 @@
+# Set-up and everyday commands. Everything lives in ./.venv; nothing is installed system-wide.
+#   make demo   set up, then ask the built-in tiny model about a real clip
+#   make test   set up with the test extras, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+CLIP ?= ../shared/media/vllama_dog_barking.mp4
+QUESTION ?= What do you hear?
+
+.PHONY: install install-dev demo test bench clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# The CPU build of torch (a bare "torch" would pull the multi-GB CUDA build).
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(PY) -m model ask "$(CLIP)" "$(QUESTION)" --preset tiny
+
+test: install-dev
+	$(PY) -m pytest
+
+bench: install-dev
+	$(PY) bench/frame_sampling.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,1 @@
+"""The inference microservice (FastAPI). Built in its own issue."""

@@ -1,0 +1,1 @@
+"""Data preparation, the two training stages and evaluation. Built in its own issue."""
