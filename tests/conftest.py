@@ -1,0 +1,76 @@
+"""Shared fixtures: the tiny model (built once per session), real clips from ../shared/media and
+clips generated with ffmpeg."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from model.media import ffmpeg_exe
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+if not MEDIA.is_dir():  # CI clones main beside a copy of shared/
+    MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
+MEDIA_FILES = sorted(p for p in MEDIA.glob("*") if p.suffix != ".tsv")
+
+
+def ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args], check=True,
+                   timeout=120)
+
+
+@pytest.fixture(scope="session")
+def media_dir() -> Path:
+    assert MEDIA_FILES, f"no media files in {MEDIA}"
+    return MEDIA
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    """Clips made with ffmpeg, each with a property a test pins down."""
+    d = tmp_path_factory.mktemp("clips")
+    out = {}
+    # 10 s at 30 fps with a 3 s stereo 44.1 kHz tone: timestamps and audio resampling.
+    out["cfr"] = d / "cfr.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=10",
+           "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=3", "-ac", "2",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-t", "10",
+           str(out["cfr"]))
+    # Variable frame rate: 2 s at 5 fps, then 2 s at 30 fps.
+    out["vfr"] = d / "vfr.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=5:duration=2",
+           "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30:duration=2",
+           "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-fps_mode", "vfr",
+           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out["vfr"]))
+    # Left half red, right half blue, stored with a 90 degree display rotation.
+    plain = d / "halves.mp4"
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=64x64:duration=1:rate=10",
+           "-f", "lavfi", "-i", "color=c=blue:size=64x64:duration=1:rate=10",
+           "-filter_complex", "[0:v][1:v]hstack", "-c:v", "libx264", "-preset", "ultrafast",
+           "-pix_fmt", "yuv420p", str(plain))
+    out["rotated"] = d / "rotated.mp4"
+    ffmpeg("-display_rotation", "90", "-i", str(plain), "-c", "copy", str(out["rotated"]))
+    out["halves"] = plain
+    # 30 s with a keyframe every 0.2 s: keyframes are denser than 10 targets.
+    out["dense_keys"] = d / "dense_keys.mp4"
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10:duration=30", "-c:v", "libx264",
+           "-preset", "ultrafast", "-g", "2", "-pix_fmt", "yuv420p", str(out["dense_keys"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_home(tmp_path_factory) -> Path:
+    """A private AVCHAT_HOME so the tests build the tiny preset themselves."""
+    home = tmp_path_factory.mktemp("avchat-home")
+    os.environ["AVCHAT_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def tiny(tiny_home):
+    from model import AVChatModel
+
+    return AVChatModel.from_pretrained("tiny")
