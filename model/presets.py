@@ -1,0 +1,151 @@
+"""Presets: ``phi2`` names the real Hugging Face ids; ``tiny`` is the same classes with random
+weights and small widths, built offline (tokenizer included), written to a local checkpoint
+folder and then loaded through the same ``from_pretrained`` code as any checkpoint.
+
+``tiny`` keeps the real geometry, so every token count and boundary shape is the real one:
+384 px frames in 14 px patches (729 patches), 100 frames, 80 x 3000 mel input, 64 audio tokens
+and a 2048-token context. Attention heads are 32 wide because vLLM's CPU build refuses 16.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from transformers import PhiConfig, SiglipVisionConfig, WhisperConfig
+
+from .config import AVChatConfig
+
+TINY_VERSION = "1"  # bump when the tiny recipe changes, so cached folders are rebuilt
+TINY_SEED = 0
+SPECIAL_TOKENS = ("<audio>", "<video>")
+EOS = "<|endoftext|>"
+
+
+def cache_home() -> Path:
+    return Path(os.environ.get("AVCHAT_HOME", Path.home() / ".cache" / "avchat"))
+
+
+def phi2_config() -> AVChatConfig:
+    """The paper's model: SigLIP so400m/14-384, Whisper-small, Phi-2 (real sizes, no weights)."""
+    return AVChatConfig(
+        vision_config=SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
+                                         num_attention_heads=16, image_size=384, patch_size=14,
+                                         layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"),
+        audio_config=WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=768, encoder_layers=12,
+                                   decoder_layers=12, encoder_attention_heads=12, decoder_attention_heads=12,
+                                   encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_source_positions=1500,
+                                   max_target_positions=448, decoder_start_token_id=50258,
+                                   pad_token_id=50257, bos_token_id=50257, eos_token_id=50257),
+        text_config=PhiConfig(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32,
+                              num_attention_heads=32, max_position_embeddings=2048, hidden_act="gelu_new",
+                              layer_norm_eps=1e-5, partial_rotary_factor=0.4, bos_token_id=50256,
+                              eos_token_id=50256, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                                    "partial_rotary_factor": 0.4}),
+        vision_tower="google/siglip-so400m-patch14-384",
+        audio_tower="openai/whisper-small",
+        llm="microsoft/phi-2",
+        tokenizer_name="microsoft/phi-2",
+        vision_projector_init="BAAI/bunny-pretrain-phi-2-siglip",
+    )
+
+
+def tiny_config(vocab_size: int = 1024) -> AVChatConfig:
+    """Real geometry, tiny widths: every sub-model is 2 layers of 2 heads of 32."""
+    return AVChatConfig(
+        vision_config=SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=2, image_size=384, patch_size=14),
+        audio_config=WhisperConfig(vocab_size=128, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
+                                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
+                                   decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=128,
+                                   decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2),
+        text_config=PhiConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
+                              num_attention_heads=2, max_position_embeddings=2048, partial_rotary_factor=0.5,
+                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                               "partial_rotary_factor": 0.5}),
+        vision_tower="vision", audio_tower="audio", llm="llm", tokenizer_name=None,
+        vision_projector_init=None,
+    )
+
+
+# Text the tiny tokenizer learns its merges from: the chat template and everyday English.
+_TINY_CORPUS = """
+A chat between a curious user and an artificial intelligence assistant. The assistant gives helpful,
+detailed, and polite answers to the user's questions. USER: ASSISTANT:
+What do you hear? What do you see? Describe the video. What is happening in this clip? Why is it funny?
+What sound is playing? How many beeps are there? Which direction does the shape move? What colour is it?
+The video shows a man at a door and a dog barking. A boat on a river with a city skyline.
+A baby reading a book and laughing. A red circle moves to the left while a high tone plays.
+A blue square moves right, a green triangle moves up, a yellow star moves down. There is silence.
+There are one two three four five beeps. The sound is a low tone, a high tone, noise, speech, music.
+yes no the a an and or of to in on at with is are was were it this that there what which who how why
+left right up down red green blue yellow white black orange purple small large fast slow loud quiet
+0 1 2 3 4 5 6 7 8 9 10 I you he she we they person people speaks says sings plays walks runs
+"""
+
+
+def build_tiny_tokenizer(vocab_size: int = 1024):
+    """A byte-level BPE tokenizer trained in code on a small corpus (GPT-2 style, like Phi-2's)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 8, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS,
+                                   pad_token=EOS, model_max_length=2048)
+    return fast
+
+
+def write_tiny_checkpoint(path: Path) -> Path:
+    """Builds the tiny model with seeded random weights and saves it as a checkpoint folder."""
+    import torch
+
+    from .modeling import AVChatModel
+    from .processor import add_media_tokens
+
+    tokenizer = build_tiny_tokenizer()
+    add_media_tokens(tokenizer)
+    config = tiny_config()
+    torch.manual_seed(TINY_SEED)
+    model = AVChatModel.from_config(config, tokenizer)
+    model.save_pretrained(path)
+    (path / "PRESET").write_text(f"tiny {TINY_VERSION}\n")
+    return path
+
+
+def tiny_checkpoint(home: Path | None = None) -> Path:
+    """The tiny checkpoint folder, built on first use (atomically, so parallel users are safe)."""
+    target = (home or cache_home()) / f"tiny-v{TINY_VERSION}"
+    if (target / "PRESET").exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    try:
+        write_tiny_checkpoint(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first
+            if not (target / "PRESET").exists():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+PRESETS = {"tiny": tiny_config, "phi2": phi2_config}
+
+
+def resolve(name_or_path: str | os.PathLike) -> str:
+    """A checkpoint folder, a preset name (``tiny`` is built locally), or a hub id as given."""
+    text = str(name_or_path)
+    if os.path.isdir(text):
+        return text
+    if text == "tiny":
+        return str(tiny_checkpoint())
+    return text

@@ -1,0 +1,216 @@
+"""Turns media and a chat into model inputs.
+
+* frames (uint8 RGB) -> SigLIP pixel values: 384 x 384, ``(x / 255 - 0.5) / 0.5``;
+* 16 kHz audio -> Whisper log-mel, 80 x 3000 (one 30 s window, padded or cut);
+* a chat -> token ids in Bunny's template, each placeholder expanded to its exact token count,
+  and labels that mask everything but the answers (and their ``<|endoftext|>``) to -100.
+
+Template (Bunny ``conv_bunny``)::
+
+    {system} USER: <audio>\\n<video>\\n{question} ASSISTANT: {answer}<|endoftext|>USER: {q2} ASSISTANT:
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import WhisperFeatureExtractor
+
+from .config import AVChatConfig
+from .media import Media
+
+IGNORE_INDEX = -100
+EOS = "<|endoftext|>"
+
+
+class ContextLengthError(ValueError):
+    """The prompt (media tokens included) plus the tokens to generate exceed the LLM's context."""
+
+    def __init__(self, needed: int, limit: int, prompt_tokens: int, max_new_tokens: int):
+        self.needed, self.limit, self.over = needed, limit, needed - limit
+        super().__init__(
+            f"the prompt needs {prompt_tokens} tokens (media included) and max_tokens asks for {max_new_tokens} more: "
+            f"{needed} in all, {self.over} over the model's context of {limit} tokens; "
+            "shorten the conversation or lower max_tokens")
+
+
+def add_media_tokens(tokenizer) -> None:
+    """Registers ``<audio>`` and ``<video>`` as special tokens (single ids, never split)."""
+    missing = [t for t in ("<audio>", "<video>") if t not in tokenizer.get_vocab()]
+    if missing:
+        tokenizer.add_special_tokens({"additional_special_tokens": missing}, replace_extra_special_tokens=False)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+
+
+@dataclass
+class Sample:
+    """One processed example (batch dimension 1 on every tensor)."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None = None
+    pixel_values_videos: torch.Tensor | None = None  # (1, F, 3, S, S)
+    input_features: torch.Tensor | None = None  # (1, 80, 3000)
+    token_counts: dict[str, int] = field(default_factory=dict)
+
+    def model_inputs(self) -> dict:
+        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+        if self.labels is not None:
+            out["labels"] = self.labels
+        if self.pixel_values_videos is not None:
+            out["pixel_values_videos"] = self.pixel_values_videos
+        if self.input_features is not None:
+            out["input_features"] = self.input_features
+        return out
+
+
+class AVChatProcessor:
+    def __init__(self, tokenizer, config: AVChatConfig):
+        add_media_tokens(tokenizer)
+        self.tokenizer = tokenizer
+        self.config = config
+        self.audio_token_id = tokenizer.convert_tokens_to_ids(config.audio_token)
+        self.video_token_id = tokenizer.convert_tokens_to_ids(config.video_token)
+        self.feature_extractor = WhisperFeatureExtractor(
+            feature_size=config.audio_config.num_mel_bins, sampling_rate=16_000,
+            chunk_length=int(config.audio_seconds), hop_length=160, n_fft=400)
+
+    # -- media ----------------------------------------------------------------------------------
+
+    def pixel_values(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 ``(F, H, W, 3)`` -> float ``(F, 3, S, S)`` normalised with mean = std = 0.5."""
+        x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(255.0)
+        size = self.config.image_size
+        if x.shape[-2:] != (size, size):
+            x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
+        return x.sub_(0.5).div_(0.5)
+
+    def audio_features(self, audio: np.ndarray) -> torch.Tensor:
+        """16 kHz mono float PCM -> log-mel ``(80, 3000)``."""
+        out = self.feature_extractor(audio.astype(np.float32), sampling_rate=16_000, return_tensors="pt")
+        return out.input_features[0]
+
+    # -- text -----------------------------------------------------------------------------------
+
+    def _clean(self, text: str) -> str:
+        # Placeholders are the processor's to place: typed ones would break the count check.
+        for token in (self.config.audio_token, self.config.video_token):
+            text = text.replace(token + "\n", "").replace(token, "")
+        return text.strip()
+
+    def segments(self, messages: list[dict], has_audio: bool, has_video: bool,
+                 add_generation_prompt: bool = True) -> list[tuple[str, bool]]:
+        """The prompt as (text, learned) pieces: answers and their EOS are learned, the rest not."""
+        system = self.config.system_prompt
+        turns = []
+        for m in messages:
+            role, content = m.get("role"), m.get("content")
+            if isinstance(content, list):  # OpenAI content parts: keep the text ones
+                content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
+            if not isinstance(content, str):
+                raise ValueError(f"message content must be text, got {type(content).__name__}")
+            if role == "system":
+                system = content.strip() or system
+            elif role in ("user", "assistant"):
+                turns.append((role, self._clean(content) if role == "user" else content.strip()))
+            else:
+                raise ValueError(f"unknown message role {role!r}; use system, user or assistant")
+        if not turns or turns[0][0] != "user":
+            raise ValueError("the conversation must start with a user message")
+        for (a, _), (b, _) in zip(turns, turns[1:]):
+            if a == b:
+                raise ValueError("user and assistant messages must alternate")
+        if add_generation_prompt and turns[-1][0] != "user":
+            raise ValueError("the last message must come from the user")
+
+        media = ""
+        if has_audio:
+            media += self.config.audio_token + "\n"
+        if has_video:
+            media += self.config.video_token + "\n"
+        pieces: list[tuple[str, bool]] = []
+        prefix = system + " "
+        for i, (role, text) in enumerate(turns):
+            if role == "user":
+                pieces.append((prefix + "USER: " + (media if i == 0 else "") + text + " ASSISTANT:", False))
+            else:
+                pieces.append((" " + text + EOS, True))
+            prefix = ""
+        return pieces
+
+    def tokenize(self, pieces: list[tuple[str, bool]]) -> tuple[list[int], list[int]]:
+        ids: list[int] = []
+        labels: list[int] = []
+        expand = {self.audio_token_id: self.config.audio_tokens, self.video_token_id: self.config.video_tokens}
+        for text, learned in pieces:
+            for tid in self.tokenizer(text, add_special_tokens=False).input_ids:
+                n = expand.get(tid, 1)
+                ids.extend([tid] * n)
+                labels.extend([tid] * n if learned else [IGNORE_INDEX] * n)
+        return ids, labels
+
+    # -- everything -----------------------------------------------------------------------------
+
+    def __call__(self, messages: list[dict], media: Media | None = None, *, frames: np.ndarray | None = None,
+                 audio: np.ndarray | None = None, modalities: list[str] | None = None,
+                 add_generation_prompt: bool = True, max_new_tokens: int = 0,
+                 with_labels: bool = False) -> Sample:
+        if media is not None:
+            frames = media.frames.frames if media.frames is not None else frames
+            audio = media.audio if media.audio is not None else audio
+        use = set(modalities if modalities is not None else self.config.modalities)
+        if "video" not in use:
+            frames = None
+        if "audio" not in use:
+            audio = None
+        if frames is not None and len(frames) > self.config.num_frames:
+            raise ValueError(f"got {len(frames)} frames; the model takes at most {self.config.num_frames}")
+        pieces = self.segments(messages, audio is not None, frames is not None, add_generation_prompt)
+        ids, labels = self.tokenize(pieces)
+        limit = self.config.context_length
+        if len(ids) + max_new_tokens > limit:
+            raise ContextLengthError(len(ids) + max_new_tokens, limit, len(ids), max_new_tokens)
+        n_audio = ids.count(self.audio_token_id)
+        n_video = ids.count(self.video_token_id)
+        return Sample(
+            input_ids=torch.tensor([ids]),
+            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+            labels=torch.tensor([labels]) if with_labels else None,
+            pixel_values_videos=self.pixel_values(frames)[None] if frames is not None else None,
+            input_features=self.audio_features(audio)[None] if audio is not None else None,
+            token_counts={"audio": n_audio, "video": n_video, "text": len(ids) - n_audio - n_video},
+        )
+
+    def collate(self, samples: list[Sample]) -> dict:
+        """Pads a list of samples into one training batch (right padding; labels -100 there)."""
+        longest = max(s.input_ids.shape[1] for s in samples)
+        pad = self.tokenizer.pad_token_id
+        ids = torch.full((len(samples), longest), pad, dtype=torch.long)
+        mask = torch.zeros((len(samples), longest), dtype=torch.long)
+        labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
+        for i, s in enumerate(samples):
+            n = s.input_ids.shape[1]
+            ids[i, :n], mask[i, :n] = s.input_ids[0], 1
+            if s.labels is not None:
+                labels[i, :n] = s.labels[0]
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        videos = [s.pixel_values_videos[0] for s in samples if s.pixel_values_videos is not None]
+        if videos:
+            most = max(v.shape[0] for v in videos)
+            batch["pixel_values_videos"] = torch.stack([F.pad(v, (0, 0, 0, 0, 0, 0, 0, most - v.shape[0]))
+                                                        for v in videos])
+            frame_mask = torch.zeros(len(videos), most, dtype=torch.bool)
+            for i, v in enumerate(videos):
+                frame_mask[i, : v.shape[0]] = True
+            batch["video_frame_mask"] = frame_mask
+        audios = [s.input_features[0] for s in samples if s.input_features is not None]
+        if audios:
+            batch["input_features"] = torch.stack(audios)
+        return batch
+
+    def decode(self, ids) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -1,0 +1,135 @@
+import numpy as np
+import pytest
+import torch
+
+from model import AVChatProcessor, ContextLengthError, load_media
+from model.presets import phi2_config, tiny_config
+from model.processor import IGNORE_INDEX
+
+
+@pytest.mark.parametrize("make", [tiny_config, phi2_config], ids=["tiny", "phi2"])
+def test_presets_give_the_real_token_counts(make):
+    config = make()
+    assert config.video_tokens == 829 and config.audio_tokens == 64
+    assert config.num_frames == 100 and config.patches_per_frame == 729
+    assert config.context_length == 2048 and config.vision_feature_layer == -2
+    assert config.audio_config.num_mel_bins == 80 and config.audio_config.max_source_positions * 2 == 3000
+
+
+def test_phi2_preset_names_the_real_components():
+    config = phi2_config()
+    assert (config.vision_tower, config.audio_tower, config.llm) == (
+        "google/siglip-so400m-patch14-384", "openai/whisper-small", "microsoft/phi-2")
+    assert config.hidden_size == 2560 and config.vision_config.hidden_size == 1152
+    assert config.audio_config.d_model == 768 and config.text_config.vocab_size == 51200
+
+
+def test_every_shared_clip_goes_through_the_processor(tiny, media_dir):
+    proc = tiny.processor
+    for path in sorted(media_dir.iterdir()):
+        if path.suffix == ".tsv":
+            continue
+        media = load_media(str(path))
+        sample = proc([{"role": "user", "content": "What happens?"}], media)
+        counts = sample.token_counts
+        assert counts["audio"] == (64 if media.audio is not None else 0), path.name
+        assert counts["video"] == (829 if media.frames is not None else 0), path.name
+        if media.frames is not None:
+            assert sample.pixel_values_videos.shape == (1, len(media.frames.frames), 3, 384, 384)
+            assert -1.0 <= float(sample.pixel_values_videos.min()) <= float(sample.pixel_values_videos.max()) <= 1.0
+        if media.audio is not None:
+            assert sample.input_features.shape == (1, 80, 3000)
+        assert sample.input_ids.shape[1] == sum(counts.values())
+
+
+def test_pixel_values_use_mean_and_std_one_half(tiny):
+    frames = np.zeros((2, 384, 384, 3), dtype=np.uint8)
+    frames[1] = 255
+    values = tiny.processor.pixel_values(frames)
+    assert values.shape == (2, 3, 384, 384)
+    assert torch.all(values[0] == -1.0) and torch.all(values[1] == 1.0)
+    # Other sizes are resized to the encoder's.
+    assert tiny.processor.pixel_values(np.zeros((1, 100, 50, 3), dtype=np.uint8)).shape == (1, 3, 384, 384)
+
+
+def test_prompt_follows_the_bunny_template(tiny):
+    proc = tiny.processor
+    pieces = proc.segments([{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
+                            {"role": "user", "content": "Q2"}], has_audio=True, has_video=True)
+    text = "".join(t for t, _ in pieces)
+    assert text == (tiny.config.system_prompt + " USER: <audio>\n<video>\nQ1 ASSISTANT: A1<|endoftext|>"
+                    "USER: Q2 ASSISTANT:")
+
+
+def _learned(tokenizer, ids, labels):
+    return [tokenizer.decode([i]) for i, l in zip(ids, labels) if l != IGNORE_INDEX]
+
+
+def test_labels_mask_everything_but_the_answer(tiny):
+    proc = tiny.processor
+    frames = np.zeros((4, 384, 384, 3), dtype=np.uint8)
+    sample = proc([{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "red"}],
+                  frames=frames, audio=np.zeros(16000, np.float32), add_generation_prompt=False, with_labels=True)
+    ids, labels = sample.input_ids[0].tolist(), sample.labels[0].tolist()
+    learned = [i for i, l in zip(ids, labels) if l != IGNORE_INDEX]
+    assert proc.tokenizer.decode(learned) == " red<|endoftext|>"
+    # The learned span is the tail, and labels equal ids there.
+    first = next(i for i, l in enumerate(labels) if l != IGNORE_INDEX)
+    assert all(l == IGNORE_INDEX for l in labels[:first]) and labels[first:] == ids[first:]
+    assert proc.tokenizer.decode(ids[:first]).endswith("ASSISTANT:")
+
+
+def test_labels_in_a_multi_turn_chat(tiny):
+    proc = tiny.processor
+    chat = [{"role": "user", "content": "Q one"}, {"role": "assistant", "content": "first answer"},
+            {"role": "user", "content": "Q two"}, {"role": "assistant", "content": "second answer"}]
+    sample = proc(chat, audio=np.zeros(16000, np.float32), add_generation_prompt=False, with_labels=True)
+    ids, labels = sample.input_ids[0].tolist(), sample.labels[0].tolist()
+    spans, current = [], []
+    for i, l in zip(ids, labels):
+        if l != IGNORE_INDEX:
+            current.append(i)
+        elif current:
+            spans.append(current)
+            current = []
+    spans.append(current)
+    assert [proc.tokenizer.decode(s) for s in spans] == [" first answer<|endoftext|>", " second answer<|endoftext|>"]
+    assert sample.token_counts == {"audio": 64, "video": 0, "text": len(ids) - 64}
+
+
+def test_typed_placeholders_are_not_media(tiny):
+    sample = tiny.processor([{"role": "user", "content": "<video>\nwhat is <audio> here?"}])
+    assert sample.token_counts["audio"] == 0 and sample.token_counts["video"] == 0
+
+
+def test_context_overflow_raises_and_says_by_how_much(tiny):
+    proc = tiny.processor
+    frames = np.zeros((2, 384, 384, 3), dtype=np.uint8)
+    sample = proc([{"role": "user", "content": "hi"}], frames=frames)
+    room = 2048 - sample.input_ids.shape[1]
+    proc([{"role": "user", "content": "hi"}], frames=frames, max_new_tokens=room)  # fits exactly
+    with pytest.raises(ContextLengthError) as err:
+        proc([{"role": "user", "content": "hi"}], frames=frames, max_new_tokens=room + 7)
+    assert err.value.over == 7 and "7 over" in str(err.value)
+    with pytest.raises(ContextLengthError):
+        proc([{"role": "user", "content": "word " * 3000}])
+
+
+@pytest.mark.parametrize("messages, problem", [
+    ([], "start with a user"),
+    ([{"role": "assistant", "content": "hi"}], "start with a user"),
+    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "alternate"),
+    ([{"role": "robot", "content": "a"}], "unknown message role"),
+    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "last message"),
+])
+def test_malformed_chats_raise(tiny, messages, problem):
+    with pytest.raises(ValueError, match=problem):
+        tiny.processor(messages)
+
+
+def test_modalities_drop_unused_streams(tiny, media_dir):
+    media = load_media(str(media_dir / "vllama_dog_barking.mp4"))
+    video_only = tiny.processor([{"role": "user", "content": "?"}], media, modalities=["video"])
+    assert video_only.input_features is None and video_only.token_counts["audio"] == 0
+    audio_only = tiny.processor([{"role": "user", "content": "?"}], media, modalities=["audio"])
+    assert audio_only.pixel_values_videos is None and audio_only.token_counts["video"] == 0
