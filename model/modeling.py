@@ -1,0 +1,345 @@
+"""The audio-visual chat model: frozen SigLIP and Whisper encoders, two ``mlp2x_gelu``
+projectors into Phi's embedding space, and the Phi LLM.
+
+    video (B, F, 3, 384, 384) --SigLIP layer -2--> (B*F, 729, Cv) --pool--> (B, 100 + 729, Cv) --proj--> (B, 829, H)
+    mel (B, 80, 3000) --Whisper enc+dec, 64 start tokens--> (B, 64, Ca) --proj--> (B, 64, H)
+    token ids with 64 <audio> / 829 <video> ids --embed--> (B, T, H), media written in by masked_scatter
+
+    python -m model ask clip.mp4 "What do you hear?" --preset tiny
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel, WhisperModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from .config import AVChatConfig
+from .processor import AVChatProcessor, add_media_tokens
+
+PROJECTORS_FILE = "projectors.safetensors"
+
+
+def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
+    # Same layout as Bunny's projector, so its `mm_projector.0/2` weights load by index.
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+
+def _component(root: str | None, ref: str) -> str:
+    """A component reference is a subfolder of the checkpoint, a local folder, or a hub id."""
+    if root is not None and os.path.isdir(os.path.join(root, ref)):
+        return os.path.join(root, ref)
+    return ref
+
+
+def _is_local(root: str | None, ref: str) -> bool:
+    return os.path.isdir(_component(root, ref))
+
+
+class AVChatModel(nn.Module):
+    def __init__(self, config: AVChatConfig, vision_tower: nn.Module, audio_tower: nn.Module, llm: nn.Module,
+                 tokenizer=None):
+        super().__init__()
+        self.config = config
+        self.vision_tower = vision_tower
+        self.audio_tower = audio_tower
+        self.llm = llm
+        self.vision_projector = mlp2x_gelu(config.vision_config.hidden_size, config.hidden_size)
+        self.audio_projector = mlp2x_gelu(config.audio_config.d_model, config.hidden_size)
+        self.tokenizer = tokenizer
+        self.processor = AVChatProcessor(tokenizer, config) if tokenizer is not None else None
+        if tokenizer is not None:
+            config.audio_token_id = self.processor.audio_token_id
+            config.video_token_id = self.processor.video_token_id
+        self.source: str | None = None  # the folder this model was loaded from
+        self.built_from_config = False  # random weights: nothing to refer to, everything is saved
+        self.freeze_encoders()
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def from_config(cls, config: AVChatConfig, tokenizer=None) -> AVChatModel:
+        """Random weights (the tiny preset, or real sizes for benchmarks)."""
+        vision = SiglipVisionModel(config.vision_config)
+        audio = WhisperModel(config.audio_config)
+        llm = AutoModelForCausalLM.from_config(config.text_config)
+        model = cls(config, vision, audio, llm, tokenizer)
+        model.built_from_config = True
+        return model
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, dtype: torch.dtype | None = None,
+                        device: str | torch.device | None = None) -> AVChatModel:
+        """Loads a checkpoint folder, a preset (``tiny``, ``phi2``) or, on a machine that reaches
+        the hub, the components named by hub ids."""
+        from .presets import PRESETS, resolve
+
+        ref = resolve(name_or_path)
+        if os.path.isdir(ref):
+            root: str | None = ref
+            config = AVChatConfig.from_pretrained(ref)
+        elif ref in PRESETS:
+            root, config = None, PRESETS[ref]()
+        else:
+            raise FileNotFoundError(f"{ref!r} is neither a checkpoint folder nor a preset ({', '.join(PRESETS)})")
+        kw = {"dtype": dtype} if dtype is not None else {}
+        vision = SiglipVisionModel.from_pretrained(_component(root, config.vision_tower), **kw)
+        audio = WhisperModel.from_pretrained(_component(root, config.audio_tower), **kw)
+        llm = AutoModelForCausalLM.from_pretrained(_component(root, config.llm), **kw)
+        tokenizer = AutoTokenizer.from_pretrained(_component(root, config.tokenizer_name) if config.tokenizer_name
+                                                  else root)
+        add_media_tokens(tokenizer)
+        # Sub-configs follow the weights actually loaded.
+        config.vision_config, config.audio_config, config.text_config = vision.config, audio.config, llm.config
+        model = cls(config, vision, audio, llm, tokenizer)
+        model.source = root
+        if root is not None and os.path.isdir(os.path.join(root, "adapter")):
+            from peft import PeftModel
+
+            model.llm = PeftModel.from_pretrained(model.llm, os.path.join(root, "adapter"))
+        if root is not None and os.path.exists(os.path.join(root, PROJECTORS_FILE)):
+            model.load_projectors(os.path.join(root, PROJECTORS_FILE))
+        elif config.vision_projector_init:
+            model.load_bunny_projector(config.vision_projector_init)
+        if dtype is not None:
+            model.to(dtype)
+        if device is not None:
+            model.to(device)
+        return model.eval()
+
+    def freeze_encoders(self) -> None:
+        for tower in (self.vision_tower, self.audio_tower):
+            tower.requires_grad_(False)
+            tower.eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.vision_tower.eval()  # frozen encoders never switch to training behaviour
+        self.audio_tower.eval()
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.llm.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.llm.get_input_embeddings().weight.dtype
+
+    # -- projectors, Bunny import ---------------------------------------------------------------
+
+    def projector_state_dict(self) -> dict[str, torch.Tensor]:
+        return {f"{name}.{k}": v.detach().contiguous().cpu()
+                for name in ("audio_projector", "vision_projector")
+                for k, v in getattr(self, name).state_dict().items()}
+
+    def load_projectors(self, path: str) -> None:
+        state = load_file(path)
+        for name in ("audio_projector", "vision_projector"):
+            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            if part:
+                getattr(self, name).load_state_dict(part)
+
+    def load_bunny_projector(self, source: str | dict) -> None:
+        """Imports Bunny's pretrained vision projector (keys ``model.mm_projector.{0,2}.*``) from a
+        state dict, a ``.bin``/``.safetensors`` file, or a hub repo holding ``mm_projector.bin``."""
+        if isinstance(source, str):
+            if os.path.isfile(source):
+                path = source
+            else:
+                from huggingface_hub import hf_hub_download
+
+                path = hf_hub_download(source, "mm_projector.bin")
+            state = load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu",
+                                                                                      weights_only=True)
+        else:
+            state = source
+        prefix = "model.mm_projector."
+        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if not part:
+            raise ValueError(f"no '{prefix}*' keys in the Bunny projector state dict (found {sorted(state)[:4]})")
+        expected = {k: tuple(v.shape) for k, v in self.vision_projector.state_dict().items()}
+        got = {k: tuple(v.shape) for k, v in part.items()}
+        if expected != got:
+            raise ValueError(f"Bunny projector does not fit this model: expected {expected}, got {got}")
+        self.vision_projector.load_state_dict(part)
+
+    # -- features -------------------------------------------------------------------------------
+
+    def get_video_features(self, pixel_values_videos: torch.Tensor, video_frame_mask: torch.Tensor | None = None,
+                           chunk: int = 32) -> torch.Tensor:
+        """(B, F, 3, S, S) -> (B, num_frames + patches, H). Frame tokens (mean over patches), zero
+        for missing frames, then patch tokens (mean over the real frames), as in Video-ChatGPT."""
+        b, f = pixel_values_videos.shape[:2]
+        if video_frame_mask is None:
+            video_frame_mask = torch.ones(b, f, dtype=torch.bool, device=pixel_values_videos.device)
+        real = pixel_values_videos[video_frame_mask]  # (N, 3, S, S), N real frames in the batch
+        dtype = self.vision_tower.dtype if hasattr(self.vision_tower, "dtype") else self.dtype
+        with torch.no_grad():
+            feats = torch.cat([
+                self.vision_tower(real[i:i + chunk].to(dtype), output_hidden_states=True)
+                .hidden_states[self.config.vision_feature_layer]
+                for i in range(0, real.shape[0], chunk)])  # (N, P, Cv)
+        per_frame = feats.new_zeros(b, f, feats.shape[1], feats.shape[2])
+        per_frame[video_frame_mask] = feats  # (B, F, P, Cv)
+        counts = video_frame_mask.sum(1).clamp(min=1).to(feats.dtype)  # (B,)
+        frame_tokens = per_frame.mean(2)  # (B, F, Cv); zero rows stay zero
+        patch_tokens = per_frame.sum(1) / counts[:, None, None]  # (B, P, Cv)
+        pad = self.config.num_frames - f
+        if pad < 0:
+            raise ValueError(f"got {f} frames; the model takes at most {self.config.num_frames}")
+        frame_tokens = nn.functional.pad(frame_tokens, (0, 0, 0, pad))  # (B, num_frames, Cv)
+        tokens = torch.cat([frame_tokens, patch_tokens], dim=1)  # (B, num_frames + P, Cv)
+        return self.vision_projector(tokens.to(self.vision_projector[0].weight.dtype))
+
+    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
+        """(B, 80, 3000) log-mel -> (B, 64, H): LLaSM's Whisper encoder + decoder read-out."""
+        b = input_features.shape[0]
+        start = self.config.audio_config.decoder_start_token_id
+        decoder_ids = torch.full((b, self.config.audio_tokens), start, dtype=torch.long, device=input_features.device)
+        with torch.no_grad():
+            hidden = self.audio_tower(input_features=input_features.to(self.audio_tower.dtype),
+                                      decoder_input_ids=decoder_ids).last_hidden_state  # (B, 64, Ca)
+        return self.audio_projector(hidden.to(self.audio_projector[0].weight.dtype))
+
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values_videos: torch.Tensor | None = None,
+                     video_frame_mask: torch.Tensor | None = None, input_features: torch.Tensor | None = None,
+                     video_features: torch.Tensor | None = None, audio_features: torch.Tensor | None = None,
+                     ) -> torch.Tensor:
+        """Text embeddings with the projected media written into the placeholder positions.
+        Precomputed ``video_features`` / ``audio_features`` (projected) skip the encoders."""
+        embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, H)
+        if video_features is None and pixel_values_videos is not None:
+            video_features = self.get_video_features(pixel_values_videos, video_frame_mask)
+        if audio_features is None and input_features is not None:
+            audio_features = self.get_audio_features(input_features)
+        for name, token_id, feats in (("video", self.config.video_token_id, video_features),
+                                      ("audio", self.config.audio_token_id, audio_features)):
+            mask = input_ids == token_id  # (B, T)
+            n_tokens = int(mask.sum())
+            n_feats = 0 if feats is None else feats.shape[0] * feats.shape[1]
+            if n_tokens != n_feats:
+                raise ValueError(f"{name} placeholders and features do not match: {n_tokens} <{name}> tokens in "
+                                 f"the prompt, {n_feats} {name} feature vectors")
+            if feats is not None:
+                embeds = embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), feats.to(embeds.dtype))
+        return embeds
+
+    def prompt_embeds(self, sample_or_inputs) -> torch.Tensor:
+        """The whole prompt embedding matrix ``(T, H)`` of one sample: what vLLM takes as
+        prompt embeddings."""
+        inputs = sample_or_inputs.model_inputs() if hasattr(sample_or_inputs, "model_inputs") else sample_or_inputs
+        inputs = {k: v for k, v in inputs.items() if k not in ("labels", "attention_mask")}
+        with torch.no_grad():
+            return self.embed_inputs(**self._to_device(inputs))[0]
+
+    def _to_device(self, inputs: dict) -> dict:
+        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+    # -- forward, generate ----------------------------------------------------------------------
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, pixel_values_videos: torch.Tensor | None = None,
+                video_frame_mask: torch.Tensor | None = None, input_features: torch.Tensor | None = None,
+                video_features: torch.Tensor | None = None, audio_features: torch.Tensor | None = None,
+                **kwargs) -> CausalLMOutputWithPast:
+        embeds = self.embed_inputs(input_ids, pixel_values_videos, video_frame_mask, input_features,
+                                   video_features, audio_features)
+        return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
+
+    @torch.no_grad()
+    def generate(self, inputs, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
+                 seed: int | None = None, eos_token_id: int | None = None) -> Iterator[int]:
+        """Streams generated token ids for one sample (a processor ``Sample``, a dict of inputs or
+        a prompt embedding matrix). Greedy at temperature 0; stops at EOS. Closing the iterator
+        stops the work."""
+        embeds = inputs if torch.is_tensor(inputs) else self.prompt_embeds(inputs)
+        embeds = embeds.to(self.device, self.dtype).unsqueeze(0)  # (1, T, H)
+        eos = eos_token_id if eos_token_id is not None else self.tokenizer.eos_token_id
+        generator = torch.Generator(device=self.device)
+        generator.manual_seed(seed if seed is not None else torch.seed())
+        out = self.llm(inputs_embeds=embeds, use_cache=True)
+        for _ in range(max_new_tokens):
+            token = sample_token(out.logits[0, -1].float(), temperature, top_p, generator)
+            yield token
+            if token == eos:
+                return
+            out = self.llm(input_ids=torch.tensor([[token]], device=self.device),
+                           past_key_values=out.past_key_values, use_cache=True)
+
+    # -- LoRA -----------------------------------------------------------------------------------
+
+    def add_lora(self, r: int = 128, alpha: int = 256, dropout: float = 0.05) -> None:
+        """LoRA on every linear layer of the LLM (not the output head)."""
+        from peft import LoraConfig, get_peft_model
+
+        cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
+                         task_type="CAUSAL_LM")
+        self.llm = get_peft_model(self.llm, cfg)
+
+    @property
+    def has_lora(self) -> bool:
+        return hasattr(self.llm, "peft_config")
+
+    def merge_lora(self) -> None:
+        if self.has_lora:
+            self.llm = self.llm.merge_and_unload()
+
+    # -- saving ---------------------------------------------------------------------------------
+
+    def _owns(self, ref: str) -> bool:
+        """Whether a component's weights must be written (not merely referred to by hub id)."""
+        return self.built_from_config or _is_local(self.source, ref)
+
+    def save_pretrained(self, path: str | os.PathLike, merge: bool = True) -> None:
+        """Writes the checkpoint folder: config.json, tokenizer, projectors.safetensors, llm/
+        (the LLM, LoRA merged) or adapter/ (``merge=False``), and vision/ audio/ when the
+        encoders are not referenced by hub id."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        config = AVChatConfig.from_dict(self.config.to_dict())
+        for attr, sub, tower in (("vision_tower", "vision", self.vision_tower),
+                                 ("audio_tower", "audio", self.audio_tower)):
+            if self._owns(getattr(self.config, attr)):  # else a hub id: keep referring to it
+                tower.save_pretrained(out / sub)
+                setattr(config, attr, sub)
+        llm = self.llm
+        if self.has_lora and not merge:
+            llm.save_pretrained(out / "adapter")
+            if self._owns(self.config.llm):
+                base = llm.get_base_model()
+                # The base model carries the injected LoRA layers: save only its own weights.
+                state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
+                base.save_pretrained(out / "llm", state_dict=state)
+                config.llm = "llm"
+        else:
+            if self.has_lora:  # merge a copy: the model in memory keeps its adapter
+                import copy
+
+                llm = copy.deepcopy(llm).merge_and_unload()
+            llm.save_pretrained(out / "llm")
+            config.llm = "llm"
+        if self.tokenizer is not None:
+            self.tokenizer.save_pretrained(out)
+            config.tokenizer_name = None
+        save_file(self.projector_state_dict(), str(out / PROJECTORS_FILE))
+        config.vision_projector_init = None
+        config.save_pretrained(out)
+
+
+def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
+    """Greedy at temperature 0, else nucleus sampling."""
+    if temperature <= 0:
+        return int(logits.argmax())
+    probs = torch.softmax(logits / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # always keeps the top token
+        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
+    return int(torch.multinomial(probs, 1, generator=generator))
