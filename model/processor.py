@@ -153,6 +153,19 @@ class AVChatProcessor:
                 labels.extend([tid] * n if learned else [IGNORE_INDEX] * n)
         return ids, labels
 
+    def encode_chat(self, messages: list[dict], has_audio: bool, has_video: bool,
+                    add_generation_prompt: bool = True, max_new_tokens: int = 0
+                    ) -> tuple[list[int], list[int], dict[str, int]]:
+        """Token ids, labels and token counts of a chat; raises ``ContextLengthError`` when the
+        prompt plus ``max_new_tokens`` cannot fit the context."""
+        ids, labels = self.tokenize(self.segments(messages, has_audio, has_video, add_generation_prompt))
+        limit = self.config.context_length
+        if len(ids) + max_new_tokens > limit:
+            raise ContextLengthError(len(ids) + max_new_tokens, limit, len(ids), max_new_tokens)
+        n_audio = ids.count(self.audio_token_id)
+        n_video = ids.count(self.video_token_id)
+        return ids, labels, {"audio": n_audio, "video": n_video, "text": len(ids) - n_audio - n_video}
+
     # -- everything -----------------------------------------------------------------------------
 
     def __call__(self, messages: list[dict], media: Media | None = None, *, frames: np.ndarray | None = None,
@@ -169,20 +182,15 @@ class AVChatProcessor:
             audio = None
         if frames is not None and len(frames) > self.config.num_frames:
             raise ValueError(f"got {len(frames)} frames; the model takes at most {self.config.num_frames}")
-        pieces = self.segments(messages, audio is not None, frames is not None, add_generation_prompt)
-        ids, labels = self.tokenize(pieces)
-        limit = self.config.context_length
-        if len(ids) + max_new_tokens > limit:
-            raise ContextLengthError(len(ids) + max_new_tokens, limit, len(ids), max_new_tokens)
-        n_audio = ids.count(self.audio_token_id)
-        n_video = ids.count(self.video_token_id)
+        ids, labels, counts = self.encode_chat(messages, audio is not None, frames is not None,
+                                               add_generation_prompt, max_new_tokens)
         return Sample(
             input_ids=torch.tensor([ids]),
             attention_mask=torch.ones(1, len(ids), dtype=torch.long),
             labels=torch.tensor([labels]) if with_labels else None,
             pixel_values_videos=self.pixel_values(frames)[None] if frames is not None else None,
             input_features=self.audio_features(audio)[None] if audio is not None else None,
-            token_counts={"audio": n_audio, "video": n_video, "text": len(ids) - n_audio - n_video},
+            token_counts=counts,
         )
 
     def collate(self, samples: list[Sample]) -> dict:
