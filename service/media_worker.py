@@ -105,6 +105,7 @@ class MediaWorker:
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._pending: list[tuple[torch.Tensor | None, torch.Tensor | None, asyncio.Future]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
+        self._busy = False
         cfg = model.config
         self._prep_key = json.dumps({"model": str(getattr(model, "source", None) or settings.model),
                                      "frames": cfg.num_frames, "size": cfg.image_size,
@@ -178,22 +179,31 @@ class MediaWorker:
     # -- batched encoding -----------------------------------------------------------------------
 
     async def _encode(self, pixels, mel):
+        # Requests that arrive while the encoder is busy wait and go in the next batch together;
+        # an idle encoder waits one short window for company.
         loop = asyncio.get_running_loop()
         future = loop.create_future()
         self._pending.append((pixels, mel, future))
-        if len(self._pending) >= self.settings.encoder_max_batch:
-            self._flush()
-        elif self._flush_handle is None:
-            self._flush_handle = loop.call_later(self.settings.encoder_batch_window_ms / 1000, self._flush)
+        if not self._busy:
+            if len(self._pending) >= self.settings.encoder_max_batch:
+                self._flush()
+            elif self._flush_handle is None:
+                self._flush_handle = loop.call_later(self.settings.encoder_batch_window_ms / 1000, self._flush)
         return await future
 
     def _flush(self) -> None:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        batch, self._pending = self._pending, []
-        if batch:
-            asyncio.get_running_loop().create_task(self._run_batch(batch))
+        if self._busy or not self._pending:
+            return
+        size = self.settings.encoder_max_batch
+        batch, self._pending = self._pending[:size], self._pending[size:]
+        batch = [item for item in batch if not item[2].cancelled()]  # its client left while waiting
+        if not batch:
+            return self._flush()
+        self._busy = True
+        asyncio.get_running_loop().create_task(self._run_batch(batch))
 
     async def _run_batch(self, batch) -> None:
         loop = asyncio.get_running_loop()
@@ -207,6 +217,10 @@ class MediaWorker:
                 if not fut.done():
                     fut.set_exception(exc)
             return
+        finally:
+            self._busy = False
+            if self._pending:
+                loop.call_soon(self._flush)
         METRICS.encode_seconds.observe(time.perf_counter() - start)
         METRICS.encoder_batch_size.observe(len(batch))
         for (*_, fut), result in zip(batch, results):

@@ -81,6 +81,15 @@ async def read_multipart(request, temp_dir: str, limit: int, file_field: str = "
     """Parses a multipart body as it arrives: form fields into memory (bounded), the ``video``
     part into a temp file. Past ``limit`` it raises 413 after draining a bounded amount."""
     ctype, params = parse_options_header(request.headers.get("content-type", ""))
+    if ctype == b"application/x-www-form-urlencoded":  # no file: a follow-up by video_id
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > field_limit:
+                raise BadRequest("the form is too long", code="form_too_long")
+        from urllib.parse import parse_qsl
+
+        return MultipartForm(fields=dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
     if ctype != b"multipart/form-data" or b"boundary" not in params:
         raise BadRequest("send the request as multipart/form-data (a `video` file and form fields)")
     declared = request.headers.get("content-length")
