@@ -1,5 +1,5 @@
 # Set-up and everyday commands. Everything lives in ./.venv; nothing is installed system-wide.
-#   make demo   set up, then ask the built-in tiny model about a real clip
+#   make demo   set up, start the service on the built-in model, ask it about a clip, keep serving
 #   make test   set up with the test extras, then run the test suite
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 CLIP ?= ../shared/media/vllama_dog_barking.mp4
 QUESTION ?= What do you hear?
 
-.PHONY: install install-dev demo test bench clean
+.PHONY: install install-dev demo serve ask test bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,12 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
+	PY=$(PY) CLIP="$(CLIP)" QUESTION="$(QUESTION)" scripts/demo.sh
+
+serve: install
+	$(PY) -m uvicorn service.app:app --host 0.0.0.0 --port 8000
+
+ask: install
 	$(PY) -m model ask "$(CLIP)" "$(QUESTION)" --preset tiny
 
 test: install-dev
@@ -32,6 +38,7 @@ test: install-dev
 
 bench: install-dev
 	$(PY) bench/frame_sampling.py
+	$(PY) bench/service_throughput.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Starts the service on the built-in default model, asks it about a sample clip, prints the
+# answer, and keeps serving on http://127.0.0.1:${PORT:-8000} until Ctrl-C.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+PORT=${PORT:-8000}
+CLIP=${CLIP:-../shared/media/vllama_dog_barking.mp4}
+QUESTION=${QUESTION:-What do you hear?}
+
+"$PY" -m uvicorn service.app:app --host 127.0.0.1 --port "$PORT" &
+server=$!
+trap 'kill $server 2>/dev/null || true' EXIT INT TERM
+for _ in $(seq 1 300); do
+  if curl -fs "http://127.0.0.1:$PORT/ready" >/dev/null 2>&1; then break; fi
+  kill -0 $server 2>/dev/null || { echo "the service failed to start" >&2; exit 1; }
+  sleep 0.5
+done
+echo
+echo "POST /v1/video/chat  video=$CLIP  prompt=\"$QUESTION\""
+curl -fsS "http://127.0.0.1:$PORT/v1/video/chat" -F "video=@$CLIP" -F "prompt=$QUESTION" -F max_tokens=32 \
+  | "$PY" -c 'import json,sys; r=json.load(sys.stdin); u=r["usage"]; d=u["prompt_tokens_details"]
+print("answer:", r["choices"][0]["message"]["content"])
+print(f"tokens: prompt {u["prompt_tokens"]} (audio {d["audio_tokens"]}, video {d["video_tokens"]}, text {d["text_tokens"]}), completion {u["completion_tokens"]}; video_id {r["video_id"]}")'
+echo
+echo "serving on http://127.0.0.1:$PORT (Ctrl-C to stop)"
+wait $server
