@@ -309,11 +309,12 @@ def sample_frames(path: str, n: int = 100, size: int = 384, timeout: float = DEF
     plan = plan_sampling(info, n)
     args = frames_command(path, plan, size)
     proc = _run(args, path, timeout, "decode the video")
-    return assemble_frames(path, plan, proc.stdout, _showinfo_times(proc.stderr), size,
+    return assemble_frames(path, plan, proc.stdout, showinfo_times(proc.stderr), size,
                            proc.returncode, proc.stderr)
 
 
-def _showinfo_times(stderr: bytes) -> list[float]:
+def showinfo_times(stderr: bytes) -> list[float]:
+    """Presentation times of the frames ffmpeg's ``showinfo`` filter reported, in output order."""
     text = stderr.decode("utf-8", "replace")
     return [float(m.group(1)) for line in text.splitlines() if "Parsed_showinfo" in line
             for m in [_PTS_TIME_RE.search(line)] if m]

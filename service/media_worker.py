@@ -164,7 +164,7 @@ class MediaWorker:
         plan = mediafile.plan_sampling(info, cfg.num_frames)
         rc, out, err = await run_ffmpeg(mediafile.frames_command(path, plan, cfg.image_size), timeout, path,
                                         "decode the video")
-        return mediafile.assemble_frames(path, plan, out, mediafile._showinfo_times(err), cfg.image_size, rc, err)
+        return mediafile.assemble_frames(path, plan, out, mediafile.showinfo_times(err), cfg.image_size, rc, err)
 
     async def _audio(self, path, timeout):
         rc, out, err = await run_ffmpeg(mediafile.audio_command(path, self.model.config.audio_seconds), timeout,
