@@ -19,9 +19,14 @@ done
 echo
 echo "POST /v1/video/chat  video=$CLIP  prompt=\"$QUESTION\""
 curl -fsS "http://127.0.0.1:$PORT/v1/video/chat" -F "video=@$CLIP" -F "prompt=$QUESTION" -F max_tokens=32 \
-  | "$PY" -c 'import json,sys; r=json.load(sys.stdin); u=r["usage"]; d=u["prompt_tokens_details"]
+  | "$PY" -c '
+import json, sys
+r = json.load(sys.stdin)
+u = r["usage"]
+d = u["prompt_tokens_details"]
 print("answer:", r["choices"][0]["message"]["content"])
-print(f"tokens: prompt {u["prompt_tokens"]} (audio {d["audio_tokens"]}, video {d["video_tokens"]}, text {d["text_tokens"]}), completion {u["completion_tokens"]}; video_id {r["video_id"]}")'
+print("tokens: prompt %d (audio %d, video %d, text %d), completion %d; video_id %s" % (
+    u["prompt_tokens"], d["audio_tokens"], d["video_tokens"], d["text_tokens"], u["completion_tokens"], r["video_id"]))'
 echo
 echo "serving on http://127.0.0.1:$PORT (Ctrl-C to stop)"
 wait $server
