@@ -172,30 +172,51 @@ class AVChatModel(nn.Module):
 
     # -- features -------------------------------------------------------------------------------
 
-    def get_video_features(self, pixel_values_videos: torch.Tensor, video_frame_mask: torch.Tensor | None = None,
-                           chunk: int = 32) -> torch.Tensor:
-        """(B, F, 3, S, S) -> (B, num_frames + patches, H). Frame tokens (mean over patches), zero
-        for missing frames, then patch tokens (mean over the real frames), as in Video-ChatGPT."""
-        b, f = pixel_values_videos.shape[:2]
-        if video_frame_mask is None:
-            video_frame_mask = torch.ones(b, f, dtype=torch.bool, device=pixel_values_videos.device)
-        real = pixel_values_videos[video_frame_mask]  # (N, 3, S, S), N real frames in the batch
-        dtype = self.vision_tower.dtype if hasattr(self.vision_tower, "dtype") else self.dtype
+    def vision_hidden_states(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(N, 3, S, S) -> (N, P, Cv): the SigLIP hidden state at ``vision_feature_layer``.
+        Layers after it are never run (Bunny drops them too): at layer -2 that skips the last
+        layer and the pooling head."""
+        vm = getattr(self.vision_tower, "vision_model", self.vision_tower)  # transformers 4 nests it
+        layers = vm.encoder.layers
+        layer = self.config.vision_feature_layer
+        n = len(layers) + 1 + layer if layer < 0 else layer  # hidden_states[k] = after k layers
+        h = vm.embeddings(pixel_values.to(vm.embeddings.patch_embedding.weight.dtype))  # (N, P, Cv)
+        for block in layers[:n]:
+            h = block(h, None)
+        return h
+
+    def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor],
+                           video_frame_mask: torch.Tensor | None = None, chunk: int = 8) -> torch.Tensor:
+        """(B, F, 3, S, S), or a list of (F_i, 3, S, S) -> (B, num_frames + patches, H).
+        Frame tokens (mean over patches; zero for missing frames) then patch tokens (mean over
+        the real frames), as in Video-ChatGPT. Frames go through SigLIP in small chunks (faster
+        on CPU caches, bounded memory on GPU), across videos."""
+        if isinstance(pixel_values_videos, torch.Tensor):
+            if video_frame_mask is None:
+                videos = list(pixel_values_videos)
+            else:
+                videos = [v[m] for v, m in zip(pixel_values_videos, video_frame_mask)]
+        else:
+            videos = list(pixel_values_videos)
+        counts = [v.shape[0] for v in videos]
+        if max(counts) > self.config.num_frames:
+            raise ValueError(f"got {max(counts)} frames; the model takes at most {self.config.num_frames}")
+        frames = [f for v in videos for f in v.split(chunk)]  # views, no copy of the whole batch
+        pending, feats = [], []
         with torch.no_grad():
-            feats = torch.cat([
-                self.vision_tower(real[i:i + chunk].to(dtype), output_hidden_states=True)
-                .hidden_states[self.config.vision_feature_layer]
-                for i in range(0, real.shape[0], chunk)])  # (N, P, Cv)
-        per_frame = feats.new_zeros(b, f, feats.shape[1], feats.shape[2])
-        per_frame[video_frame_mask] = feats  # (B, F, P, Cv)
-        counts = video_frame_mask.sum(1).clamp(min=1).to(feats.dtype)  # (B,)
-        frame_tokens = per_frame.mean(2)  # (B, F, Cv); zero rows stay zero
-        patch_tokens = per_frame.sum(1) / counts[:, None, None]  # (B, P, Cv)
-        pad = self.config.num_frames - f
-        if pad < 0:
-            raise ValueError(f"got {f} frames; the model takes at most {self.config.num_frames}")
-        frame_tokens = nn.functional.pad(frame_tokens, (0, 0, 0, pad))  # (B, num_frames, Cv)
-        tokens = torch.cat([frame_tokens, patch_tokens], dim=1)  # (B, num_frames + P, Cv)
+            for piece in frames:
+                pending.append(piece)
+                if sum(p.shape[0] for p in pending) >= chunk:
+                    feats.append(self.vision_hidden_states(torch.cat(pending)))
+                    pending = []
+            if pending:
+                feats.append(self.vision_hidden_states(torch.cat(pending)))
+        feats = torch.cat(feats).split(counts)  # per video: (F_i, P, Cv)
+        tokens = []
+        for f in feats:
+            frame_tokens = nn.functional.pad(f.mean(1), (0, 0, 0, self.config.num_frames - f.shape[0]))  # (T, Cv)
+            tokens.append(torch.cat([frame_tokens, f.mean(0)]))  # (T + P, Cv)
+        tokens = torch.stack(tokens)  # (B, T + P, Cv)
         return self.vision_projector(tokens.to(self.vision_projector[0].weight.dtype))
 
     def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:

@@ -235,13 +235,7 @@ class MediaWorker:
         audios = [(i, m) for i, (_, m) in enumerate(items) if m is not None]
         out: list[list[torch.Tensor | None]] = [[None, None] for _ in items]
         if videos:
-            most = max(p.shape[0] for _, p in videos)
-            stacked = torch.zeros(len(videos), most, *videos[0][1].shape[1:])
-            mask = torch.zeros(len(videos), most, dtype=torch.bool)
-            for j, (_, p) in enumerate(videos):
-                stacked[j, : p.shape[0]] = p
-                mask[j, : p.shape[0]] = True
-            feats = model.get_video_features(stacked.to(device), mask.to(device))
+            feats = model.get_video_features([p.to(device) for _, p in videos])
             for j, (i, _) in enumerate(videos):
                 out[i][0] = feats[j].clone()
         if audios:

@@ -5,6 +5,7 @@ Lists (``AVCHAT_API_KEYS``, ``AVCHAT_ALLOWED_VIDEO_HOSTS``) are JSON arrays or c
 
 from __future__ import annotations
 
+import os
 import tempfile
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -26,7 +27,8 @@ class Settings(BaseSettings):
     max_video_seconds: float = 3600.0
     max_concurrency: int = Field(4, description="generations running at once")
     max_queue: int = Field(32, description="requests waiting beyond max_concurrency; more get 503")
-    max_parallel_decodes: int = 2
+    # ffmpeg decodes are multi-threaded: about one per two cores keeps them from starving the encoders.
+    max_parallel_decodes: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) // 2)))
     request_timeout_s: float = 300.0
     ffmpeg_timeout_s: float = 120.0
     default_max_tokens: int = 256
@@ -55,8 +57,6 @@ class Settings(BaseSettings):
     def model_id(self) -> str:
         if self.served_model_name:
             return self.served_model_name
-        import os
-
         return os.path.basename(os.path.normpath(self.model)) or self.model
 
 

@@ -141,3 +141,27 @@ def test_video_without_audio_track_skips_the_audio_branch(tiny, media_dir):
     sample = tiny.processor([{"role": "user", "content": "What is the boy doing?"}], media)
     assert sample.input_features is None and sample.token_counts["audio"] == 0
     assert tiny.prompt_embeds(sample).shape == (sample.input_ids.shape[1], tiny.config.hidden_size)
+
+
+def test_vision_features_come_from_the_penultimate_layer(tiny):
+    pixels = torch.randn(3, 3, 384, 384)
+    with torch.no_grad():
+        reference = tiny.vision_tower(pixels, output_hidden_states=True).hidden_states[-2]
+        ours = tiny.vision_hidden_states(pixels)
+    assert ours.shape == (3, 729, tiny.config.vision_config.hidden_size)
+    assert torch.allclose(ours, reference, atol=1e-5)
+
+
+def test_video_features_of_a_list_match_the_padded_batch(tiny):
+    rng = np.random.default_rng(3)
+    a = tiny.processor.pixel_values(rng.integers(0, 255, (5, 384, 384, 3), dtype=np.uint8))
+    b = tiny.processor.pixel_values(rng.integers(0, 255, (2, 384, 384, 3), dtype=np.uint8))
+    padded = torch.zeros(2, 5, 3, 384, 384)
+    padded[0], padded[1, :2] = a, b
+    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
+    with torch.no_grad():
+        from_list = tiny.get_video_features([a, b])
+        from_batch = tiny.get_video_features(padded, mask)
+        single = tiny.get_video_features(b[None])
+    assert torch.allclose(from_list, from_batch, atol=1e-5)
+    assert torch.allclose(from_list[1], single[0], atol=1e-5)
