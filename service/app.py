@@ -24,7 +24,7 @@ from pydantic import BaseModel, Field, ValidationError
 from .engine import SamplingParams
 from .errors import BadRequest, ClientGone, NotFound, NotReady, ServiceError, Timeout, Unauthorized, Unprocessable
 from .metrics import METRICS
-from .protocol import ChatCompletion, ChatCompletionRequest, ErrorResponse, ModelCard, ModelList, error_body
+from .protocol import ChatCompletion, ChatCompletionChunk, ChatCompletionRequest, ErrorResponse, ModelCard, ModelList, error_body
 from .settings import Settings, get_settings
 from .uploads import TempVideo, fetch_url, read_multipart, save_data_url
 
@@ -427,6 +427,15 @@ def _document_video_form(app: FastAPI) -> None:
             VideoChatForm.model_json_schema(ref_template="#/components/schemas/{model}")
         props = schema["components"]["schemas"]["VideoChatForm"]["properties"]
         props["video"] = {"type": "string", "format": "binary", "description": props["video"].get("description")}
+        # Server-sent events carry ChatCompletionChunk objects: publish their schema too.
+        chunk = ChatCompletionChunk.model_json_schema(mode="serialization",
+                                                      ref_template="#/components/schemas/{model}")
+        for name, definition in chunk.pop("$defs", {}).items():
+            schema["components"]["schemas"].setdefault(name, definition)
+        schema["components"]["schemas"]["ChatCompletionChunk"] = chunk
+        for path in ("/v1/video/chat", "/v1/chat/completions"):
+            content = schema["paths"][path]["post"]["responses"]["200"]["content"]
+            content["text/event-stream"] = {"schema": {"$ref": "#/components/schemas/ChatCompletionChunk"}}
         return schema
 
     app.openapi = openapi

@@ -12,7 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field
 # -- responses ------------------------------------------------------------------------------------
 
 
-class PromptTokensDetails(BaseModel):
+class _Response(BaseModel):
+    # Responses always carry every field, defaults included: say so in the schema.
+    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
+
+
+
+class PromptTokensDetails(_Response):
     cached_tokens: int = 0
     # -- avchat extras --
     audio_tokens: int = Field(0, description="prompt tokens holding the audio features")
@@ -20,26 +26,26 @@ class PromptTokensDetails(BaseModel):
     text_tokens: int = Field(0, description="prompt tokens of text")
 
 
-class Usage(BaseModel):
+class Usage(_Response):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
 
 
-class Choice(BaseModel):
+class Choice(_Response):
     index: int = 0
     message: ChatMessage
     logprobs: None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletion(BaseModel):
+class ChatCompletion(_Response):
     id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -51,19 +57,19 @@ class ChatCompletion(BaseModel):
     video_id: str | None = Field(None, description="send it back as `video_id` to ask again without uploading")
 
 
-class ChoiceDelta(BaseModel):
+class ChoiceDelta(_Response):
     role: Literal["assistant"] | None = None
     content: str | None = None
 
 
-class ChunkChoice(BaseModel):
+class ChunkChoice(_Response):
     index: int = 0
     delta: ChoiceDelta
     logprobs: None = None
     finish_reason: Literal["stop", "length"] | None = None
 
 
-class ChatCompletionChunk(BaseModel):
+class ChatCompletionChunk(_Response):
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -75,7 +81,7 @@ class ChatCompletionChunk(BaseModel):
     video_id: str | None = None
 
 
-class ModelCard(BaseModel):
+class ModelCard(_Response):
     id: str
     object: Literal["model"] = "model"
     created: int = Field(default_factory=lambda: int(time.time()))
@@ -86,19 +92,19 @@ class ModelCard(BaseModel):
     modalities: list[str] = Field(default_factory=list)
 
 
-class ModelList(BaseModel):
+class ModelList(_Response):
     object: Literal["list"] = "list"
     data: list[ModelCard]
 
 
-class ErrorDetail(BaseModel):
+class ErrorDetail(_Response):
     message: str
     type: str
     param: str | None = None
     code: str | None = None
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(_Response):
     error: ErrorDetail
 
 
