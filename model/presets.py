@@ -18,7 +18,7 @@ from transformers import PhiConfig, SiglipVisionConfig, WhisperConfig
 
 from .config import AVChatConfig
 
-TINY_VERSION = "1"  # bump when the tiny recipe changes, so cached folders are rebuilt
+TINY_VERSION = "2"  # bump when the tiny recipe changes, so cached folders are rebuilt
 TINY_SEED = 0
 SPECIAL_TOKENS = ("<audio>", "<video>")
 EOS = "<|endoftext|>"

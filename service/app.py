@@ -244,7 +244,7 @@ async def _startup(state: State, settings: Settings) -> None:
         model, MediaWorker, create_engine, ChatService = await asyncio.to_thread(_load, settings)
         state.model = model
         state.worker = MediaWorker(model, settings)
-        state.engine = create_engine(settings.engine, model, settings)
+        state.engine = await asyncio.to_thread(create_engine, settings.engine, model, settings)
         if hasattr(state.engine, "start"):
             await state.engine.start()
         state.chat = ChatService(model, state.worker, state.engine, settings)

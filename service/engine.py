@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
@@ -156,13 +157,21 @@ class TransformersEngine(Engine):
 
 
 def create_engine(kind: str, model, settings) -> Engine:
-    """``auto`` picks vLLM when it is importable and usable, else transformers."""
+    """``auto`` picks vLLM when it is importable and starts, else transformers."""
     if kind in ("vllm", "auto"):
         try:
-            from .vllm_engine import VLLMEngine  # noqa: F401
+            from .vllm_engine import VLLMEngine
+
+            import vllm  # noqa: F401
         except ImportError:
             if kind == "vllm":
                 raise RuntimeError("AVCHAT_ENGINE=vllm but vLLM is not installed (pip install '.[vllm]')") from None
         else:
-            return VLLMEngine.from_model(model, settings)
+            try:
+                return VLLMEngine.from_model(model, settings)
+            except Exception as exc:
+                if kind == "vllm":
+                    raise
+                logging.getLogger("avchat.engine").warning(
+                    "vLLM is installed but did not start (%s); using the transformers engine", exc)
     return TransformersEngine(model, settings.max_concurrency)

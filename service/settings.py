@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_video_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
+    vllm_gpu_memory: float = Field(0.6, description="vLLM's share of GPU memory; the encoders use the rest")
     feature_cache_bytes: int = 1024 * 1024 * 1024
     encoder_batch_window_ms: float = 15.0
     encoder_max_batch: int = Field(8, description="videos encoded together by SigLIP")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import importlib.util
 import json
+import os
 import re
 import threading
 import time
@@ -24,14 +26,43 @@ def temp_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("service-tmp")
 
 
-@pytest.fixture(scope="module")
-def server(tiny, tiny_home, temp_dir, tmp_path_factory):
+def _engines() -> list[str]:
+    chosen = os.environ.get("AVCHAT_TEST_ENGINES")
+    if chosen:
+        return [e.strip() for e in chosen.split(",") if e.strip()]
+    return ["transformers"] + (["vllm"] if importlib.util.find_spec("vllm") else [])
+
+
+@pytest.fixture(scope="module", params=_engines())
+def server(request, tiny, tiny_home, temp_dir, tmp_path_factory):
+    """One real server per engine; every test in this file runs against each."""
     srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_TEMP_DIR": str(temp_dir),
-                  "AVCHAT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "AVCHAT_ENGINE": "transformers",
-                  "AVCHAT_ENCODER_BATCH_WINDOW_MS": "50"},
-                 tmp_path_factory.mktemp("logs") / "server.log")
+                  "AVCHAT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "AVCHAT_ENGINE": request.param,
+                  "AVCHAT_ENCODER_BATCH_WINDOW_MS": "50", "VLLM_CPU_KVCACHE_SPACE": "1"},
+                 tmp_path_factory.mktemp("logs") / f"server-{request.param}.log")
+    srv.engine = request.param
     yield srv.wait_ready()
     srv.stop()
+
+
+def test_the_engine_asked_for_is_the_one_serving(server):
+    models = httpx.get(server.url + "/v1/models").json()
+    assert models["data"][0]["engine"] == server.engine
+    assert f'avchat_engine_info{{engine="{server.engine}"' in httpx.get(server.url + "/metrics").text
+
+
+def test_greedy_tokens_match_the_in_process_model(server, tiny, media_dir):
+    """Both engines, fed the same prompt embeddings, decode the same greedy tokens (float32)."""
+    from model import load_media
+
+    path = media_dir / "vllama_dog_barking.mp4"
+    sample = tiny.processor([{"role": "user", "content": "What do you hear?"}], load_media(str(path)))
+    ids = list(tiny.generate(sample, max_new_tokens=12))
+    expected = tiny.processor.decode(ids[:-1] if ids[-1] == tiny.tokenizer.eos_token_id else ids)
+    r = chat(server.url, path, prompt="What do you hear?", max_tokens=12, temperature=0)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == expected.rstrip("\ufffd")
+    assert r.json()["usage"]["completion_tokens"] == len(ids)
 
 
 def metric(url: str, name: str, labels: str = "") -> float:
@@ -269,7 +300,7 @@ def test_metrics_expose_the_operational_numbers(server):
     for name in ("avchat_requests_total", "avchat_time_to_first_token_seconds", "avchat_request_seconds",
                  "avchat_generated_tokens_total", "avchat_decode_seconds", "avchat_encode_seconds",
                  "avchat_encoder_batch_size", "avchat_queue_depth", "avchat_feature_cache_total",
-                 'avchat_engine_info{engine="transformers"'):
+                 "avchat_engine_info"):
         assert name in text, name
     assert re.search(r'avchat_requests_total\{route="/v1/video/chat",status="200"\} [1-9]', text)
 

