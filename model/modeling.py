@@ -43,6 +43,8 @@ def _is_local(root: str | None, ref: str) -> bool:
 
 
 class AVChatModel(nn.Module):
+    main_input_name = "input_ids"  # what HF Trainer looks for
+
     def __init__(self, config: AVChatConfig, vision_tower: nn.Module, audio_tower: nn.Module, llm: nn.Module,
                  tokenizer=None):
         super().__init__()
@@ -112,6 +114,13 @@ class AVChatModel(nn.Module):
         if device is not None:
             model.to(device)
         return model.eval()
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
+        """Recompute the LLM's activations in backward (HF Trainer calls this)."""
+        llm = self.llm.get_base_model() if self.has_lora else self.llm
+        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
+                                          or {"use_reentrant": False})
+        llm.config.use_cache = False
 
     def freeze_encoders(self) -> None:
         for tower in (self.vision_tower, self.audio_tower):
@@ -185,12 +194,12 @@ class AVChatModel(nn.Module):
             h = block(h, None)
         return h
 
-    def get_video_features(self, pixel_values_videos: torch.Tensor | list[torch.Tensor],
-                           video_frame_mask: torch.Tensor | None = None, chunk: int = 8) -> torch.Tensor:
-        """(B, F, 3, S, S), or a list of (F_i, 3, S, S) -> (B, num_frames + patches, H).
-        Frame tokens (mean over patches; zero for missing frames) then patch tokens (mean over
-        the real frames), as in Video-ChatGPT. Frames go through SigLIP in small chunks (faster
-        on CPU caches, bounded memory on GPU), across videos."""
+    def pool_video(self, pixel_values_videos: torch.Tensor | list[torch.Tensor],
+                   video_frame_mask: torch.Tensor | None = None, chunk: int = 8) -> torch.Tensor:
+        """(B, F, 3, S, S), or a list of (F_i, 3, S, S) -> (B, num_frames + patches, Cv), before
+        the projector. Frame tokens (mean over patches; zero for missing frames) then patch
+        tokens (mean over the real frames), as in Video-ChatGPT. Frames go through SigLIP in
+        small chunks (faster on CPU caches, bounded memory on GPU), across videos."""
         if isinstance(pixel_values_videos, torch.Tensor):
             if video_frame_mask is None:
                 videos = list(pixel_values_videos)
@@ -201,45 +210,62 @@ class AVChatModel(nn.Module):
         counts = [v.shape[0] for v in videos]
         if max(counts) > self.config.num_frames:
             raise ValueError(f"got {max(counts)} frames; the model takes at most {self.config.num_frames}")
-        frames = [f for v in videos for f in v.split(chunk)]  # views, no copy of the whole batch
+        pieces = [f for v in videos for f in v.split(chunk)]  # views, no copy of the whole batch
         pending, feats = [], []
         with torch.no_grad():
-            for piece in frames:
+            for piece in pieces:
                 pending.append(piece)
                 if sum(p.shape[0] for p in pending) >= chunk:
                     feats.append(self.vision_hidden_states(torch.cat(pending)))
                     pending = []
             if pending:
                 feats.append(self.vision_hidden_states(torch.cat(pending)))
-        feats = torch.cat(feats).split(counts)  # per video: (F_i, P, Cv)
         tokens = []
-        for f in feats:
+        for f in torch.cat(feats).split(counts):  # per video: (F_i, P, Cv)
             frame_tokens = nn.functional.pad(f.mean(1), (0, 0, 0, self.config.num_frames - f.shape[0]))  # (T, Cv)
             tokens.append(torch.cat([frame_tokens, f.mean(0)]))  # (T + P, Cv)
-        tokens = torch.stack(tokens)  # (B, T + P, Cv)
-        return self.vision_projector(tokens.to(self.vision_projector[0].weight.dtype))
+        return torch.stack(tokens)  # (B, T + P, Cv)
 
-    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
-        """(B, 80, 3000) log-mel -> (B, 64, H): LLaSM's Whisper encoder + decoder read-out."""
+    def get_video_features(self, pixel_values_videos, video_frame_mask=None) -> torch.Tensor:
+        """Projected video tokens, (B, num_frames + patches, H)."""
+        pooled = self.pool_video(pixel_values_videos, video_frame_mask)
+        return self.vision_projector(pooled.to(self.vision_projector[0].weight.dtype))
+
+    def encode_audio(self, input_features: torch.Tensor) -> torch.Tensor:
+        """(B, 80, 3000) log-mel -> (B, 64, Ca), before the projector: LLaSM's read-out, the
+        Whisper decoder's last hidden state over 64 start tokens."""
         b = input_features.shape[0]
         start = self.config.audio_config.decoder_start_token_id
         decoder_ids = torch.full((b, self.config.audio_tokens), start, dtype=torch.long, device=input_features.device)
         with torch.no_grad():
-            hidden = self.audio_tower(input_features=input_features.to(self.audio_tower.dtype),
-                                      decoder_input_ids=decoder_ids).last_hidden_state  # (B, 64, Ca)
+            return self.audio_tower(input_features=input_features.to(self.audio_tower.dtype),
+                                    decoder_input_ids=decoder_ids).last_hidden_state  # (B, 64, Ca)
+
+    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
+        """Projected audio tokens, (B, 64, H)."""
+        hidden = self.encode_audio(input_features)
         return self.audio_projector(hidden.to(self.audio_projector[0].weight.dtype))
 
     def embed_inputs(self, input_ids: torch.Tensor, pixel_values_videos: torch.Tensor | None = None,
                      video_frame_mask: torch.Tensor | None = None, input_features: torch.Tensor | None = None,
                      video_features: torch.Tensor | None = None, audio_features: torch.Tensor | None = None,
+                     video_pooled: torch.Tensor | None = None, audio_hidden: torch.Tensor | None = None,
+                     video_is_cached: torch.Tensor | None = None, audio_is_cached: torch.Tensor | None = None,
                      ) -> torch.Tensor:
         """Text embeddings with the projected media written into the placeholder positions.
-        Precomputed ``video_features`` / ``audio_features`` (projected) skip the encoders."""
+        Precomputed features skip the encoders: ``video_features`` / ``audio_features`` are
+        projected already; ``video_pooled`` / ``audio_hidden`` (a training feature cache) are not.
+        When a batch mixes cached and raw media, ``*_is_cached`` (one bool per sample that has
+        that medium, in batch order) says which is which."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, H)
-        if video_features is None and pixel_values_videos is not None:
-            video_features = self.get_video_features(pixel_values_videos, video_frame_mask)
-        if audio_features is None and input_features is not None:
-            audio_features = self.get_audio_features(input_features)
+        if video_features is None and (video_pooled is not None or pixel_values_videos is not None):
+            raw = self.pool_video(pixel_values_videos, video_frame_mask) if pixel_values_videos is not None else None
+            pooled = _in_order(video_pooled, raw, video_is_cached)  # (B_v, T + P, Cv)
+            video_features = self.vision_projector(pooled.to(self.vision_projector[0].weight.dtype))
+        if audio_features is None and (audio_hidden is not None or input_features is not None):
+            raw = self.encode_audio(input_features) if input_features is not None else None
+            hidden = _in_order(audio_hidden, raw, audio_is_cached)  # (B_a, 64, Ca)
+            audio_features = self.audio_projector(hidden.to(self.audio_projector[0].weight.dtype))
         for name, token_id, feats in (("video", self.config.video_token_id, video_features),
                                       ("audio", self.config.audio_token_id, audio_features)):
             mask = input_ids == token_id  # (B, T)
@@ -269,9 +295,12 @@ class AVChatModel(nn.Module):
                 labels: torch.Tensor | None = None, pixel_values_videos: torch.Tensor | None = None,
                 video_frame_mask: torch.Tensor | None = None, input_features: torch.Tensor | None = None,
                 video_features: torch.Tensor | None = None, audio_features: torch.Tensor | None = None,
+                video_pooled: torch.Tensor | None = None, audio_hidden: torch.Tensor | None = None,
+                video_is_cached: torch.Tensor | None = None, audio_is_cached: torch.Tensor | None = None,
                 **kwargs) -> CausalLMOutputWithPast:
         embeds = self.embed_inputs(input_ids, pixel_values_videos, video_frame_mask, input_features,
-                                   video_features, audio_features)
+                                   video_features, audio_features, video_pooled, audio_hidden,
+                                   video_is_cached, audio_is_cached)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
@@ -349,7 +378,7 @@ class AVChatModel(nn.Module):
                 state = {k.replace(".base_layer.", "."): v for k, v in base.state_dict().items() if ".lora_" not in k}
                 base.save_pretrained(out / "llm", state_dict=state)
                 config.llm = "llm"
-        else:
+        elif self.has_lora or self._owns(self.config.llm):  # else an unchanged hub model: keep referring to it
             if self.has_lora:  # merge a copy: the model in memory keeps its adapter
                 import copy
 
@@ -364,6 +393,19 @@ class AVChatModel(nn.Module):
         save_file(self.projector_state_dict(), str(out / PROJECTORS_FILE))
         config.vision_projector_init = None
         config.save_pretrained(out)
+
+
+def _in_order(cached: torch.Tensor | None, raw: torch.Tensor | None,
+              is_cached: torch.Tensor | None) -> torch.Tensor:
+    """Interleaves cached and freshly encoded features back into batch order."""
+    if cached is None or raw is None:
+        return cached if raw is None else raw
+    if is_cached is None or int(is_cached.sum()) != cached.shape[0]:
+        raise ValueError("a batch mixing cached and raw media needs is_cached with one flag per sample")
+    out = raw.new_empty((is_cached.shape[0], *raw.shape[1:]))
+    out[is_cached.to(out.device)] = cached.to(out)
+    out[~is_cached.to(out.device)] = raw
+    return out
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:

@@ -1,0 +1,307 @@
+"""Training on tiny, CPU: data preparation on fixture data in each source format, the feature
+cache, both stages (what changes and what never does), resume after a kill, and the export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import torch
+
+from model import AVChatModel
+from tests.conftest import ffmpeg
+from tests.servers import ROOT, Server
+
+
+def _run(module: str, *args: str, home: Path, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    env = {**os.environ, "AVCHAT_HOME": str(home), "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=600, **kw)
+    if check:
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-4000:]
+    return out
+
+
+# -- fixture data in each source format ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def sources(tmp_path_factory):
+    d = tmp_path_factory.mktemp("sources")
+    # CommonVoice: a TSV and clips/ with mp3s; one row's clip is missing, one is not audio.
+    cv = d / "cv"
+    (cv / "clips").mkdir(parents=True)
+    sentences = ["a low tone", "a high tone", "a middle tone", "a very high tone"]
+    rows = []
+    for i, (freq, sentence) in enumerate(zip((220, 880, 440, 1760), sentences)):
+        ffmpeg("-f", "lavfi", "-i", f"sine=frequency={freq}:duration=1", "-ac", "1", str(cv / "clips" / f"c{i}.mp3"))
+        rows.append({"client_id": "x", "path": f"c{i}.mp3", "sentence": sentence, "up_votes": "2"})
+    rows.append({"client_id": "x", "path": "gone.mp3", "sentence": "missing", "up_votes": "2"})
+    (cv / "clips" / "bad.mp3").write_text("not audio")
+    rows.append({"client_id": "x", "path": "bad.mp3", "sentence": "corrupt", "up_votes": "2"})
+    with open(cv / "train.tsv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]), delimiter="\t")
+        w.writeheader()
+        w.writerows(rows)
+    # AudioCaps: a CSV and audio named by youtube_id; one file is missing.
+    ac = d / "ac"
+    (ac / "audio").mkdir(parents=True)
+    caps = []
+    for i, (src, caption) in enumerate([("anoisesrc=d=1:c=pink", "static noise hisses"),
+                                        ("sine=frequency=300:duration=1", "a steady hum")]):
+        ffmpeg("-f", "lavfi", "-i", src, "-ac", "1", str(ac / "audio" / f"yt{i}.wav"))
+        caps.append({"audiocap_id": str(100 + i), "youtube_id": f"yt{i}", "start_time": "0", "caption": caption})
+    caps.append({"audiocap_id": "199", "youtube_id": "nowhere", "start_time": "0", "caption": "lost"})
+    with open(ac / "train.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(caps[0]))
+        w.writeheader()
+        w.writerows(caps)
+    # VideoInstruct100K: JSON + videos; v2 has no sound track; v3 is missing.
+    vi = d / "vi"
+    (vi / "videos").mkdir(parents=True)
+    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x96:rate=5:duration=2", "-f", "lavfi",
+           "-i", "sine=frequency=500:duration=2", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
+           "-c:a", "aac", "-shortest", str(vi / "videos" / "v1.mp4"))
+    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=96x96:rate=5:duration=2", "-c:v", "libx264", "-preset",
+           "ultrafast", "-pix_fmt", "yuv420p", str(vi / "videos" / "v2.mp4"))
+    qa = [{"video_id": "v1", "q": "What is shown?", "a": "a test pattern with a tone"},
+          {"video_id": "v1", "q": "What do you hear?", "a": "a tone"},
+          {"video_id": "v2", "q": "What colour is it?", "a": "red"},
+          {"video_id": "v3", "q": "Where is it?", "a": "gone"}]
+    (vi / "VideoInstruct100K.json").write_text(json.dumps(qa))
+    # LAION-style (img2dataset): images with .txt captions; one image has no caption.
+    la = d / "laion" / "00000"
+    la.mkdir(parents=True)
+    for i, colour in enumerate(("blue", "green")):
+        ffmpeg("-f", "lavfi", "-i", f"color=c={colour}:size=64x64", "-frames:v", "1", str(la / f"00000000{i}.jpg"))
+        (la / f"00000000{i}.txt").write_text(f"a {colour} square")
+    ffmpeg("-f", "lavfi", "-i", "color=c=white:size=64x64", "-frames:v", "1", str(la / "000000009.jpg"))
+    return d
+
+
+@pytest.fixture(scope="module")
+def manifests(sources, tiny_home, tmp_path_factory):
+    out = tmp_path_factory.mktemp("manifests")
+    _run("training.prepare", "commonvoice", "--tsv", str(sources / "cv" / "train.tsv"),
+         "--out", str(out / "cv.jsonl"), "--workers", "2", home=tiny_home)
+    _run("training.prepare", "audiocaps", "--csv", str(sources / "ac" / "train.csv"), "--audio-dir",
+         str(sources / "ac" / "audio"), "--out", str(out / "ac.jsonl"), home=tiny_home)
+    _run("training.prepare", "videoinstruct", "--json", str(sources / "vi" / "VideoInstruct100K.json"),
+         "--videos", str(sources / "vi" / "videos"), "--out", str(out / "vi.jsonl"), home=tiny_home)
+    _run("training.prepare", "laion", "--images", str(sources / "laion"), "--out", str(out / "laion.jsonl"),
+         home=tiny_home)
+    return out
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def test_commonvoice_and_audiocaps_make_audio_samples_and_report_skips(manifests, sources, tiny_home):
+    cv = _rows(manifests / "cv.jsonl")
+    assert len(cv) == 4 and all(r["audio"].endswith(".mp3") for r in cv)
+    assert {r["conversations"][1]["value"] for r in cv} == {"a low tone", "a high tone", "a middle tone",
+                                                           "a very high tone"}
+    assert all(r["conversations"][0]["value"].startswith("<audio>\n") for r in cv)
+    skipped = _rows(manifests / "cv.jsonl.skipped.jsonl")
+    assert len(skipped) == 2 and any("missing" in s["reason"] for s in skipped)
+    ac = _rows(manifests / "ac.jsonl")
+    assert [r["conversations"][1]["value"] for r in sorted(ac, key=lambda r: r["id"])] == [
+        "static noise hisses", "a steady hum"]
+    # Resumable: the same command again adds nothing and says so.
+    again = _run("training.prepare", "commonvoice", "--tsv", str(sources / "cv" / "train.tsv"),
+                 "--out", str(manifests / "cv.jsonl"), home=tiny_home)
+    assert "wrote 0 new samples" in again.stdout and len(_rows(manifests / "cv.jsonl")) == 4
+
+
+def test_templates_vary_per_sample(manifests):
+    from training.data import TRANSCRIBE_TEMPLATES
+
+    assert len(TRANSCRIBE_TEMPLATES) == 10
+    prompts = {r["conversations"][0]["value"] for r in _rows(manifests / "cv.jsonl")}
+    assert len(prompts) >= 2
+
+
+def test_videoinstruct_extracts_16k_mono_wavs(manifests):
+    from model.media import probe
+
+    vi = {r["id"]: r for r in _rows(manifests / "vi.jsonl")}
+    assert sorted(vi) == ["vi-v1-0", "vi-v1-1", "vi-v2-2"]
+    wav = vi["vi-v1-0"]["audio"]
+    assert wav.endswith("v1.wav") and probe(wav).audio_codec == "pcm_s16le"
+    header = open(wav, "rb").read(44)
+    assert int.from_bytes(header[22:24], "little") == 1 and int.from_bytes(header[24:28], "little") == 16000
+    assert "audio" not in vi["vi-v2-2"]  # no sound track: a video-only sample
+    assert any("v3" in s["item"] for s in _rows(manifests / "vi.jsonl.skipped.jsonl"))
+
+
+def test_laion_folder_gives_image_caption_samples(manifests):
+    rows = _rows(manifests / "laion.jsonl")
+    assert sorted(r["conversations"][1]["value"] for r in rows) == ["a blue square", "a green square"]
+    assert len(_rows(manifests / "laion.jsonl.skipped.jsonl")) == 1
+
+
+def test_feature_cache_matches_encoding_on_the_fly(manifests, tiny, tiny_home, tmp_path):
+    from training.data import Collator, ManifestDataset
+    from training.features import FeatureStore
+
+    cache = tmp_path / "features"
+    out = _run("training.prepare", "features", "--manifest", str(manifests / "vi.jsonl"), "--model", "tiny",
+               "--cache", str(cache), home=tiny_home)
+    assert "encoded 3 new files" in out.stdout  # v1.mp4, v2.mp4 and v1.wav
+    store = FeatureStore(cache, tiny.config)
+    raw = ManifestDataset([str(manifests / "vi.jsonl")], tiny.processor, ["audio", "video"])
+    cached = ManifestDataset([str(manifests / "vi.jsonl")], tiny.processor, ["audio", "video"], store)
+    collate = Collator(tiny.processor)
+    with torch.no_grad():
+        a = tiny(**collate([raw[0], raw[2]])).loss
+        b = tiny(**collate([cached[0], cached[2]])).loss
+        c = tiny(**collate([cached[0], raw[2]])).loss  # a batch mixing cached and raw media
+    assert cached[0].video_pooled is not None and cached[0].sample.pixel_values_videos is None
+    assert torch.allclose(a, b, atol=1e-4) and torch.allclose(a, c, atol=1e-4)
+    again = _run("training.prepare", "features", "--manifest", str(manifests / "vi.jsonl"), "--model", "tiny",
+                 "--cache", str(cache), home=tiny_home)
+    assert "encoded 0 new files" in again.stdout
+
+
+def _state(model: AVChatModel, prefix: str) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(prefix)}
+
+
+def _changed(a: dict, b: dict) -> bool:
+    return any(not torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.fixture(scope="module")
+def stage1(manifests, tiny_home, tmp_path_factory):
+    out = tmp_path_factory.mktemp("stage1")
+    _run("training.pretrain", "--model", "tiny", "--data", f"{manifests / 'cv.jsonl'},{manifests / 'ac.jsonl'}",
+         "--output-dir", str(out), "--max-steps", "4", "--per-device-train-batch-size", "2",
+         "--gradient-accumulation-steps", "1", "--logging-steps", "1", "--save-steps", "100",
+         "--dataloader-num-workers", "0", "--report-to", "none", home=tiny_home)
+    return out
+
+
+def test_stage1_changes_only_the_audio_projector(stage1, tiny):
+    after = AVChatModel.from_pretrained(stage1 / "final")
+    assert _changed(_state(tiny, "audio_projector"), _state(after, "audio_projector"))
+    for prefix in ("vision_projector", "vision_tower", "audio_tower", "llm"):
+        assert not _changed(_state(tiny, prefix), _state(after, prefix)), prefix
+    assert (stage1 / "loss.png").stat().st_size > 1000
+    assert (stage1 / "final" / "config.json").exists()
+
+
+@pytest.fixture(scope="module")
+def stage2(stage1, manifests, tiny_home, tmp_path_factory):
+    runs = {}
+    for name, modalities in (("av", "audio,video"), ("baseline", "video")):
+        out = tmp_path_factory.mktemp(f"stage2-{name}")
+        _run("training.finetune", "--model", str(stage1 / "final"), "--data", str(manifests / "vi.jsonl"),
+             "--output-dir", str(out), "--modalities", modalities, "--max-steps", "3", "--lora-r", "8",
+             "--lora-alpha", "16", "--learning-rate", "1e-2", "--projector-lr", "1e-3",
+             "--per-device-train-batch-size", "2", "--gradient-accumulation-steps", "1", "--logging-steps", "1",
+             "--dataloader-num-workers", "0", "--report-to", "none", home=tiny_home)
+        runs[name] = out
+    return runs
+
+
+def test_stage2_changes_lora_and_both_projectors_never_the_encoders(stage1, stage2):
+    before = AVChatModel.from_pretrained(stage1 / "final")
+    after = AVChatModel.from_pretrained(stage2["av"] / "final")
+    for prefix in ("audio_projector", "vision_projector", "llm"):  # llm: LoRA merged in
+        assert _changed(_state(before, prefix), _state(after, prefix)), prefix
+    for prefix in ("vision_tower", "audio_tower"):
+        assert not _changed(_state(before, prefix), _state(after, prefix)), prefix
+    assert after.config.modalities == ["audio", "video"] and not after.has_lora
+
+
+def test_the_baseline_never_touches_audio(stage1, stage2):
+    before = AVChatModel.from_pretrained(stage1 / "final")
+    after = AVChatModel.from_pretrained(stage2["baseline"] / "final")
+    assert not _changed(_state(before, "audio_projector"), _state(after, "audio_projector"))
+    assert _changed(_state(before, "vision_projector"), _state(after, "vision_projector"))
+    assert after.config.modalities == ["video"]
+
+
+def test_loss_falls_when_overfitting_a_handful_of_samples(manifests, tiny_home, tmp_path):
+    _run("training.finetune", "--model", "tiny", "--data", str(manifests / "cv.jsonl"), "--output-dir",
+         str(tmp_path), "--modalities", "audio", "--max-steps", "25", "--lora-r", "8", "--lora-alpha", "16",
+         "--learning-rate", "3e-2", "--projector-lr", "1e-2", "--warmup-ratio", "0", "--lr-scheduler-type", "constant",
+         "--per-device-train-batch-size",
+         "4", "--gradient-accumulation-steps", "1", "--logging-steps", "1", "--dataloader-num-workers", "0",
+         "--report-to", "none", "--export", "false", home=tiny_home)
+    losses = [h["loss"] for h in json.loads((tmp_path / "log_history.json").read_text()) if "loss" in h]
+    assert len(losses) == 25
+    assert sum(losses[-3:]) / 3 < 0.5 * sum(losses[:3]) / 3, losses
+
+
+def test_a_killed_run_resumes_and_finishes(manifests, tiny_home, tmp_path):
+    args = ["--model", "tiny", "--data", str(manifests / "cv.jsonl"), "--output-dir", str(tmp_path),
+            "--max-steps", "40", "--save-steps", "2", "--per-device-train-batch-size", "1",
+            "--gradient-accumulation-steps", "1", "--logging-steps", "1", "--dataloader-num-workers", "0",
+            "--report-to", "none"]
+    env = {**os.environ, "AVCHAT_HOME": str(tiny_home)}
+    proc = subprocess.Popen([sys.executable, "-m", "training.pretrain", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (tmp_path / "checkpoint-4" / "trainer_state.json").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert (tmp_path / "checkpoint-4").exists() and not (tmp_path / "final").exists()
+    out = _run("training.pretrain", *args, home=tiny_home)
+    assert "resuming from" in out.stdout
+    state = json.loads((tmp_path / "log_history.json").read_text())
+    assert max(h["step"] for h in state) == 40
+    assert (tmp_path / "final" / "projectors.safetensors").exists()
+
+
+def test_export_command_and_the_service_serves_the_result(stage2, tiny_home, tmp_path, media_dir):
+    _run("training.export", "--run", str(stage2["av"]), "--output", str(tmp_path / "served"), home=tiny_home)
+    exported = AVChatModel.from_pretrained(tmp_path / "served")
+    final = AVChatModel.from_pretrained(stage2["av"] / "final")  # what the end of the run wrote
+    for prefix in ("audio_projector", "vision_projector", "llm"):
+        assert not _changed(_state(final, prefix), _state(exported, prefix)), prefix
+    missing = _run("training.export", "--run", str(tmp_path / "nothing"), "--output", str(tmp_path / "x"),
+                   check=False, home=tiny_home)
+    assert missing.returncode == 2 and "no trainer checkpoint" in missing.stderr
+    srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_MODEL": str(tmp_path / "served"),
+                  "AVCHAT_ENGINE": "transformers"}, tmp_path / "server.log")
+    try:
+        srv.wait_ready()
+        with open(media_dir / "vllama_dog_barking.mp4", "rb") as f:
+            r = httpx.post(srv.url + "/v1/video/chat", files={"video": ("d.mp4", f)},
+                           data={"prompt": "What do you hear?", "max_tokens": "4"}, timeout=120)
+        assert r.status_code == 200, r.text
+        assert r.json()["usage"]["prompt_tokens_details"]["audio_tokens"] == 64
+    finally:
+        srv.stop()
+
+
+def test_export_from_a_trainer_checkpoint_merges_lora(manifests, stage1, tiny_home, tmp_path):
+    run = tmp_path / "run"
+    _run("training.finetune", "--model", str(stage1 / "final"), "--data", str(manifests / "vi.jsonl"),
+         "--output-dir", str(run), "--max-steps", "2", "--save-steps", "2", "--lora-r", "4", "--lora-alpha", "8",
+         "--per-device-train-batch-size", "1", "--gradient-accumulation-steps", "1", "--dataloader-num-workers", "0",
+         "--report-to", "none", "--export", "false", home=tiny_home)
+    assert not (run / "final").exists() and (run / "checkpoint-2" / "trainable.safetensors").exists()
+    _run("training.export", "--run", str(run), "--output", str(tmp_path / "served"), home=tiny_home)
+    model = AVChatModel.from_pretrained(tmp_path / "served")
+    assert not model.has_lora and (tmp_path / "served" / "llm" / "model.safetensors").exists()
+
+
+def test_invalid_arguments_list_every_problem(tiny_home, tmp_path):
+    out = _run("training.finetune", "--data", str(tmp_path / "nope.jsonl"), "--modalities", "smell",
+               "--learning-rate", "-1", "--lora-dropout", "2", "--bf16", "maybe", check=False, home=tiny_home)
+    assert out.returncode == 2
+    for fragment in ("nope.jsonl: no such file", "modalities", "learning_rate", "lora_dropout", "--bf16"):
+        assert fragment in out.stderr, fragment
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,66 @@
+"""Export a trained run as the checkpoint folder the service loads (LoRA merged into llm/).
+
+    python -m training.export --run runs/stage2 --output checkpoints/latest
+    python -m training.export --run runs/stage2/checkpoint-500 --output checkpoints/step500
+
+``--run`` is a run folder (its newest trainer checkpoint is used) or one trainer checkpoint;
+the run's ``run_config.json`` says which model and stage it started from.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from safetensors.torch import load_file
+from transformers.trainer_utils import get_last_checkpoint
+
+from .config import TrainConfig
+from .trainer import TRAINABLE_FILE, setup
+
+
+def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = True) -> Path:
+    run = Path(run)
+    ckpt = run if (run / TRAINABLE_FILE).exists() else None
+    if ckpt is None:
+        last = get_last_checkpoint(str(run)) if run.is_dir() else None
+        if last is None:
+            raise FileNotFoundError(f"{run}: no trainer checkpoint (checkpoint-*/{TRAINABLE_FILE}) found")
+        ckpt = Path(last)
+    config_file = ckpt.parent / "run_config.json"
+    if not config_file.exists():
+        raise FileNotFoundError(f"{config_file}: missing; export needs the run's configuration")
+    values = json.loads(config_file.read_text())
+    cfg = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
+    stage = "finetune" if any(k.startswith("llm.") and "lora_" in k for k in load_file(ckpt / TRAINABLE_FILE)) \
+        else "pretrain"
+    model = setup(cfg, stage)
+    state = load_file(ckpt / TRAINABLE_FILE)
+    missing = set(state) - {n for n, _ in model.named_parameters()}
+    if missing:
+        raise ValueError(f"{ckpt} does not fit the model of its run: {sorted(missing)[:3]}")
+    model.load_state_dict(state, strict=False)
+    model.save_pretrained(output, merge=merge)
+    return Path(output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m training.export", description=__doc__.splitlines()[0])
+    p.add_argument("--run", required=True, help="a run folder or one of its checkpoint-N folders")
+    p.add_argument("--output", required=True, help="the checkpoint folder to write")
+    p.add_argument("--no-merge", action="store_true", help="keep the LoRA adapter separate (adapter/)")
+    args = p.parse_args(argv)
+    try:
+        out = export(args.run, args.output, merge=not args.no_merge)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
