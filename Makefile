@@ -41,8 +41,10 @@ test: install-dev
 	$(PY) -m pytest
 
 bench: install-dev
-	$(PY) bench/frame_sampling.py
-	$(PY) bench/service_throughput.py
+	-$(PY) bench/frame_sampling.py
+	-$(PY) bench/service_throughput.py
+	-$(PY) bench/engines.py
+	-$(PY) bench/training.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

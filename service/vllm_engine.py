@@ -24,15 +24,17 @@ log = logging.getLogger("avchat.vllm")
 class VLLMEngine(Engine):
     name = "vllm"
 
-    def __init__(self, llm_path: str, tokenizer_path: str, *, dtype: str, max_model_len: int,
-                 gpu_memory_utilization: float, seed: int = 0):
+    def __init__(self, llm_path: str, tokenizer_path: str | None, *, dtype: str, max_model_len: int,
+                 gpu_memory_utilization: float, seed: int = 0, skip_tokenizer_init: bool = False):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = not torch.cuda.is_available()
         args = AsyncEngineArgs(model=llm_path, tokenizer=tokenizer_path, enable_prompt_embeds=True, dtype=dtype,
                                max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                               seed=seed, enforce_eager=on_cpu, disable_log_stats=True)
+                               seed=seed, enforce_eager=on_cpu, disable_log_stats=True,
+                               skip_tokenizer_init=skip_tokenizer_init)
+        self.detokenize = not skip_tokenizer_init  # benchmarks with random weights have no tokenizer
         self.llm = AsyncLLM.from_engine_args(args)
 
     @classmethod
@@ -59,7 +61,7 @@ class VLLMEngine(Engine):
 
         sampling = VSamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
                                    seed=params.seed, stop=params.stop or None, output_kind=RequestOutputKind.DELTA,
-                                   skip_special_tokens=True)
+                                   skip_special_tokens=True, detokenize=self.detokenize)
         count = 0
         # Leaving this generator (client gone) cancels vLLM's, which aborts the request.
         async for out in self.llm.generate({"prompt_embeds": prompt_embeds.detach().cpu()}, sampling, request_id):
@@ -68,8 +70,8 @@ class VLLMEngine(Engine):
             finish = completion.finish_reason if out.finished else None
             if finish not in (None, "stop", "length"):
                 finish = "stop"
-            if completion.text or finish:
-                yield Delta(completion.text, count, finish)
+            if completion.text or finish or (completion.token_ids and not self.detokenize):
+                yield Delta(completion.text or "", count, finish)
             if out.finished:
                 return
 

@@ -274,31 +274,37 @@ def features(args) -> None:
     model = AVChatModel.from_pretrained(args.model, device=args.device)
     cfg = model.config
     store = FeatureStore(args.cache, cfg, shard_size=args.shard_size)
-    media: dict[str, str] = {}
+    media: dict[str, set[str]] = {}
     for manifest in args.manifest:
         for row in read_manifest(manifest):
             for key, kind in (("video", "video"), ("image", "video"), ("audio", "audio")):
                 if row.get(key):
-                    media.setdefault(row[key], kind)
+                    media.setdefault(row[key], set()).add(kind)
+            if row.get("audio_from_video") and row.get("video"):
+                media[row["video"]].add("audio")
     skipped: list[tuple[str, str]] = []
 
     def decode(item):
-        path, kind = item
+        path, kinds = item
         if not os.path.exists(path):
             raise Skip("missing file")
         key = store.key_for(path) if os.path.abspath(path) in store.index["paths"] else file_sha256(path)
         if key in store:
-            return path, kind, key, None
+            return path, key, None
+        inputs = {}
         try:
-            if kind == "video":
-                return path, kind, key, model.processor.pixel_values(sample_frames(path, cfg.num_frames,
-                                                                                   cfg.image_size).frames)
-            audio = extract_audio(path, cfg.audio_seconds)
-            if audio is None:
-                raise Skip("no audio stream")
-            return path, kind, key, model.processor.audio_features(audio)
+            if "video" in kinds:
+                frames = sample_frames(path, cfg.num_frames, cfg.image_size).frames
+                inputs["video"] = model.processor.pixel_values(frames)
+            if "audio" in kinds:
+                audio = extract_audio(path, cfg.audio_seconds)
+                if audio is not None:
+                    inputs["audio"] = model.processor.audio_features(audio)
+                elif "video" not in kinds:
+                    raise Skip("no audio stream")
         except MediaError as exc:
             raise Skip(str(exc)) from None
+        return path, key, inputs
 
     done = 0
     with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool, tqdm(total=len(media), desc="features",
@@ -306,18 +312,19 @@ def features(args) -> None:
         futures = [pool.submit(decode, item) for item in media.items()]
         for future in as_completed(futures):
             try:
-                path, kind, key, inputs = future.result()
+                path, key, inputs = future.result()
             except Skip as exc:
                 skipped.append(("?", str(exc)))
                 bar.update(1)
                 continue
             if inputs is not None:
+                feats = {}
                 with torch.inference_mode():
-                    if kind == "video":
-                        feats = model.pool_video([inputs.to(model.device)])[0]
-                    else:
-                        feats = model.encode_audio(inputs[None].to(model.device))[0]
-                store.add(path, key, {kind: feats.float()})
+                    if "video" in inputs:
+                        feats["video"] = model.pool_video([inputs["video"].to(model.device)])[0].float()
+                    if "audio" in inputs:
+                        feats["audio"] = model.encode_audio(inputs["audio"][None].to(model.device))[0].float()
+                store.add(path, key, feats)
                 done += 1
             else:
                 store.add(path, key, {})
