@@ -4,10 +4,10 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-CLIP ?= ../shared/media/vllama_dog_barking.mp4
-QUESTION ?= What do you hear?
+CLIP ?= model/demo/sample.mp4
+QUESTION ?= What colour is the square, and what do you hear?
 
-.PHONY: install install-dev demo serve ask test bench clean
+.PHONY: install install-dev demo serve ask test bench experiment clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,7 +35,7 @@ serve: install
 	$(PY) -m uvicorn service.app:app --host 0.0.0.0 --port 8000
 
 ask: install
-	$(PY) -m model ask "$(CLIP)" "$(QUESTION)" --preset tiny
+	$(PY) -m model ask "$(CLIP)" "$(QUESTION)"
 
 test: install-dev
 	$(PY) -m pytest
@@ -45,6 +45,9 @@ bench: install-dev
 	-$(PY) bench/service_throughput.py
 	-$(PY) bench/engines.py
 	-$(PY) bench/training.py
+
+experiment: install-dev
+	$(PY) -m training.synthetic experiment --out runs/synthetic
 
 clean:
 	rm -rf $(VENV) .pytest_cache

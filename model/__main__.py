@@ -19,7 +19,8 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question", help="what to ask about it")
     src = ask.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="a checkpoint folder (what training writes)")
-    src.add_argument("--preset", default=None, help="a built-in preset: tiny (default, random weights) or phi2")
+    src.add_argument("--preset", default=None,
+                     help="a built-in preset: demo (default; trained on synthetic clips), tiny (random weights) or phi2")
     ask.add_argument("--modalities", default=None,
                      help="comma-separated subset of audio,video (default: what the model was trained on)")
     ask.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (default 64)")
@@ -53,7 +54,7 @@ def _ask(args: argparse.Namespace) -> int:
     if args.max_tokens < 1:
         print("error: --max-tokens must be at least 1", file=sys.stderr)
         return 2
-    source = args.checkpoint or args.preset or "tiny"
+    source = args.checkpoint or args.preset or "demo"
     try:
         model = AVChatModel.from_pretrained(source, device=args.device)
     except (OSError, FileNotFoundError, ValueError) as exc:

@@ -364,6 +364,8 @@ class AVChatModel(nn.Module):
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         config = AVChatConfig.from_dict(self.config.to_dict())
+        for sub in (config.vision_config, config.audio_config, config.text_config):
+            sub._name_or_path = ""  # where this run happened to load them from means nothing elsewhere
         for attr, sub, tower in (("vision_tower", "vision", self.vision_tower),
                                  ("audio_tower", "audio", self.audio_tower)):
             if self._owns(getattr(self.config, attr)):  # else a hub id: keep referring to it

@@ -5,8 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 PORT=${PORT:-8000}
-CLIP=${CLIP:-../shared/media/vllama_dog_barking.mp4}
-QUESTION=${QUESTION:-What do you hear?}
+CLIP=${CLIP:-model/demo/sample.mp4}
+QUESTION=${QUESTION:-What colour is the square, and what do you hear?}
 
 "$PY" -m uvicorn service.app:app --host 127.0.0.1 --port "$PORT" &
 server=$!

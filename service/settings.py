@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AVCHAT_", extra="ignore")
 
-    model: str = Field("tiny", description="checkpoint folder or preset (tiny, phi2)")
+    model: str = Field("demo", description="checkpoint folder or preset (demo, tiny, phi2)")
     served_model_name: str | None = Field(None, description="the id /v1/models reports; default: from `model`")
     engine: Literal["auto", "transformers", "vllm"] = "auto"
     device: str = "cpu"

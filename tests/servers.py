@@ -29,7 +29,7 @@ class Server:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(self.port),
              "--log-level", "warning"],
-            cwd=ROOT, env={**os.environ, **env}, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=ROOT, env={**os.environ, "AVCHAT_MODEL": "tiny", **env}, stdout=self.log, stderr=subprocess.STDOUT)
         self.ready_statuses: list[int] = []
 
     def wait_ready(self, timeout: float = 180) -> Server:

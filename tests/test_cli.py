@@ -31,3 +31,10 @@ def test_ask_about_a_text_file_says_what_is_wrong(tmp_path, tiny_home):
 def test_ask_rejects_unknown_modalities(media_dir, tiny_home):
     out = _ask(str(media_dir / "vllama_boat.mp4"), "What?", "--modalities", "smell", home=tiny_home)
     assert out.returncode == 2 and "--modalities takes audio and/or video" in out.stderr
+
+
+def test_ask_uses_the_demo_model_by_default(tiny_home):
+    out = _ask(str(ROOT / "model" / "demo" / "sample.mp4"), "What colour is the square, and what do you hear?",
+               home=tiny_home)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "red, a high tone"

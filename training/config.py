@@ -37,6 +37,9 @@ class TrainConfig:
     """LoRA rank on every linear layer of the LLM (stage 2)."""
     lora_alpha: int = 256
     lora_dropout: float = 0.05
+    train_norms: bool = False
+    """Stage 2: also train the LLM's LayerNorms and biases (not in the paper's recipe; a small LLM with
+    random weights, as in the synthetic experiment, does not learn through LoRA alone)."""
     learning_rate: float = 2e-4
     """Peak learning rate of the LoRA weights (stage 2) or of the projector (stage 1)."""
     projector_lr: float | None = 2e-5

@@ -48,7 +48,8 @@ def setup(cfg: TrainConfig, stage: str) -> AVChatModel:
             model.merge_lora()
         model.add_lora(r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout)
         for name, p in model.llm.named_parameters():
-            p.requires_grad_("lora_" in name)
+            norm_or_bias = "layernorm" in name or "layer_norm" in name or name.endswith(".bias")
+            p.requires_grad_("lora_" in name or (cfg.train_norms and norm_or_bias and "lora_" not in name))
         model.vision_projector.requires_grad_("video" in cfg.modalities)
         model.audio_projector.requires_grad_("audio" in cfg.modalities)
         model.config.modalities = list(cfg.modalities)

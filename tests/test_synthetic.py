@@ -1,0 +1,70 @@
+"""The synthetic grounding benchmark: its generator, a shortened run of the experiment (learning
+is asserted), and the demo model it produced, served by default."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import httpx
+import numpy as np
+import pytest
+
+from model.media import load_media
+from training.synthetic import ClipSpec, make_clip
+from tests.servers import ROOT, Server
+
+
+@pytest.mark.parametrize("sound, band", [("a low tone", (190, 310)), ("a high tone", (1790, 2610))])
+def test_clips_show_the_colour_and_play_the_sound(tmp_path, sound, band):
+    path = make_clip(ClipSpec("blue", "up and down", sound, 5), tmp_path / "c.mp4")
+    media = load_media(str(path))
+    frames = media.frames.frames.astype(int)
+    blue = (frames[..., 2] > 180) & (frames[..., 0] < 120)
+    assert 0.03 < blue.mean() < 0.2  # a square, not the whole frame
+    spectrum = np.abs(np.fft.rfft(media.audio[:16000]))
+    assert band[0] <= np.argmax(spectrum) <= band[1]
+
+
+def test_silence_and_noise_differ_in_energy(tmp_path):
+    quiet = load_media(str(make_clip(ClipSpec("red", "sideways", "silence", 1), tmp_path / "q.mp4"))).audio
+    noise = load_media(str(make_clip(ClipSpec("red", "sideways", "noise", 1), tmp_path / "n.mp4"))).audio
+    assert np.abs(quiet).mean() < 0.01 < np.abs(noise).mean()
+
+
+def test_a_shortened_experiment_learns_from_audio(tmp_path, tiny_home):
+    env = {**os.environ, "AVCHAT_HOME": str(tiny_home), "TOKENIZERS_PARALLELISM": "false"}
+    out = subprocess.run([sys.executable, "-m", "training.synthetic", "experiment", "--quick", "--out",
+                          str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())["results"]
+    av, baseline = results["audio-visual (ours)"]["accuracy"], results["vision-only baseline"]["accuracy"]
+    assert av["audio"] >= 0.6, av  # chance is 0.25
+    assert av["audio"] > baseline["audio"] + 0.25, (av, baseline)
+    losses = [h["loss"] for h in json.loads((tmp_path / "av" / "log_history.json").read_text()) if "loss" in h]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert (tmp_path / "results.md").exists() and (tmp_path / "results.png").stat().st_size > 5000
+
+
+def test_the_demo_model_is_served_by_default_and_answers_from_sound_and_picture(tmp_path):
+    srv = Server({"AVCHAT_MODEL": "demo", "AVCHAT_ENGINE": "transformers"}, tmp_path / "demo.log")
+    clip = make_clip(ClipSpec("green", "up and down", "noise", 123), tmp_path / "green-noise.mp4")
+    try:
+        srv.wait_ready()
+        assert httpx.get(srv.url + "/v1/models").json()["data"][0]["id"] == "demo"
+
+        def ask(path, question):
+            with open(path, "rb") as f:
+                r = httpx.post(srv.url + "/v1/video/chat", files={"video": (path.name, f)},
+                               data={"prompt": question, "max_tokens": "8", "temperature": "0"}, timeout=120)
+            assert r.status_code == 200, r.text
+            return r.json()["choices"][0]["message"]["content"].strip()
+
+        sample = ROOT / "model" / "demo" / "sample.mp4"
+        assert ask(sample, "What do you hear?") == "a high tone"
+        assert ask(sample, "What colour is the square?") == "red"
+        assert ask(clip, "What colour is the square, and what do you hear?") == "green, noise"
+    finally:
+        srv.stop()
