@@ -27,7 +27,7 @@ class Usage(_Model):
 
 
 class ChatCompletionMessage(_Model):
-    role: Literal["assistant"] = "assistant"
+    role: str = "assistant"
     content: str | None = None
 
 
@@ -35,7 +35,7 @@ class Choice(_Model):
     index: int = 0
     message: ChatCompletionMessage
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: str | None = None  # "stop" or "length" here; other OpenAI-compatible servers say more
 
 
 class ChatCompletion(_Model):
@@ -58,7 +58,7 @@ class ChunkChoice(_Model):
     index: int = 0
     delta: ChoiceDelta
     logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
+    finish_reason: str | None = None
 
 
 class ChatCompletionChunk(_Model):
