@@ -30,6 +30,32 @@ def video_url_part(path: str | os.PathLike) -> dict:
 
 # -- streams --------------------------------------------------------------------------------------
 
+_DONE = object()
+
+
+class _ChunkParser:
+    """Server-sent lines -> typed chunks; raises on an error event; collects the text so the
+    caller can be told the whole answer at ``[DONE]``."""
+
+    def __init__(self, cast, request: httpx.Request, on_done: Callable[[str], None] | None):
+        self.cast, self.request, self.on_done = cast, request, on_done
+        self.text: list[str] = []
+
+    def feed(self, line: str):
+        event = _base.parse_sse(line)
+        if event is None:
+            return None
+        kind, body = event
+        if kind == "done":
+            if self.on_done:
+                self.on_done("".join(self.text))
+            return _DONE
+        if kind == "error":
+            raise _base.stream_error(body, self.request)
+        chunk = self.cast.model_validate(body)
+        self.text.extend(c.delta.content or "" for c in getattr(chunk, "choices", []))
+        return chunk
+
 
 class Stream(Generic[T]):
     """Server-sent chunks as typed objects. Iterate it; use it as a context manager, or leave it
@@ -42,22 +68,14 @@ class Stream(Generic[T]):
         self._iterator: Iterator[T] | None = None
 
     def _iter(self) -> Iterator[T]:
-        text = []
+        parser = _ChunkParser(self._cast, self.response.request, self._on_done)
         try:
             for line in self.response.iter_lines():
-                event = _base.parse_sse(line)
-                if event is None:
-                    continue
-                kind, body = event
-                if kind == "done":
-                    if self._on_done:
-                        self._on_done("".join(text))
+                chunk = parser.feed(line)
+                if chunk is _DONE:
                     return
-                if kind == "error":
-                    raise _base.stream_error(body, self.response.request)
-                chunk = self._cast.model_validate(body)
-                text.extend(c.delta.content or "" for c in getattr(chunk, "choices", []))
-                yield chunk
+                if chunk is not None:
+                    yield chunk
         except httpx.TimeoutException as exc:
             raise APITimeoutError(self.response.request) from exc
         except httpx.TransportError as exc:
@@ -101,22 +119,14 @@ class AsyncStream(Generic[T]):
         self._iterator = self._iter()
 
     async def _iter(self) -> AsyncIterator[T]:
-        text = []
+        parser = _ChunkParser(self._cast, self.response.request, self._on_done)
         try:
             async for line in self.response.aiter_lines():
-                event = _base.parse_sse(line)
-                if event is None:
-                    continue
-                kind, body = event
-                if kind == "done":
-                    if self._on_done:
-                        self._on_done("".join(text))
+                chunk = parser.feed(line)
+                if chunk is _DONE:
                     return
-                if kind == "error":
-                    raise _base.stream_error(body, self.response.request)
-                chunk = self._cast.model_validate(body)
-                text.extend(c.delta.content or "" for c in getattr(chunk, "choices", []))
-                yield chunk
+                if chunk is not None:
+                    yield chunk
         except httpx.TimeoutException as exc:
             raise APITimeoutError(self.response.request) from exc
         except httpx.TransportError as exc:
