@@ -18,7 +18,7 @@ for _ in $(seq 1 300); do
 done
 echo
 echo "POST /v1/video/chat  video=$CLIP  prompt=\"$QUESTION\""
-curl -fsS "http://127.0.0.1:$PORT/v1/video/chat" -F "video=@$CLIP" -F "prompt=$QUESTION" -F max_tokens=32 \
+curl -fsS "http://127.0.0.1:$PORT/v1/video/chat" -F "video=@$CLIP" -F "prompt=$QUESTION" -F max_tokens=32 -F temperature=0 \
   | "$PY" -c '
 import json, sys
 r = json.load(sys.stdin)
