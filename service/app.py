@@ -97,18 +97,13 @@ class State:
         self.error: str | None = None
 
 
-def _load(settings: Settings):
+def _load_model(settings: Settings):
+    """The model, loaded in a worker thread (torch is imported here, not at app import)."""
     import torch
 
     from model import AVChatModel
 
-    from .engine import create_engine
-    from .media_worker import MediaWorker
-    from .serving import ChatService
-
-    dtype = getattr(torch, settings.dtype)
-    model = AVChatModel.from_pretrained(settings.model, dtype=dtype, device=settings.device)
-    return model, MediaWorker, create_engine, ChatService
+    return AVChatModel.from_pretrained(settings.model, dtype=getattr(torch, settings.dtype), device=settings.device)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -241,7 +236,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 async def _startup(state: State, settings: Settings) -> None:
     try:
-        model, MediaWorker, create_engine, ChatService = await asyncio.to_thread(_load, settings)
+        from .engine import create_engine
+        from .media_worker import MediaWorker
+        from .serving import ChatService
+
+        model = await asyncio.to_thread(_load_model, settings)
         state.model = model
         state.worker = MediaWorker(model, settings)
         state.engine = await asyncio.to_thread(create_engine, settings.engine, model, settings)
