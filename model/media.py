@@ -31,7 +31,9 @@ import re
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import ffmpeg
 import numpy as np
@@ -98,13 +100,27 @@ def _compile(stream, *global_args: str) -> list[str]:
     return [ffmpeg_exe(), "-hide_banner", "-nostdin", *global_args, *stream.get_args()]
 
 
-def _run(args: list[str], path: str, timeout: float, what: str) -> subprocess.CompletedProcess:
+@dataclass
+class FfmpegJob:
+    """One ffmpeg run: its command line, what it does (for messages) and how its output is read.
+    The blocking runner here and the service's asyncio runner both execute these."""
+
+    args: list[str]
+    what: str
+    parse: Callable[[int, bytes, bytes], Any]  # (returncode, stdout, stderr) -> result
+
+
+def timeout_error(path: str, timeout: float, what: str) -> MediaError:
+    return MediaError(f"{os.path.basename(path)}: ffmpeg took longer than {timeout:.0f} s to {what}; "
+                      "the file is too long or damaged")
+
+
+def run_job(job: FfmpegJob, path: str, timeout: float):
     try:
-        proc = subprocess.run(args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(job.args, capture_output=True, timeout=timeout, stdin=subprocess.DEVNULL)
     except subprocess.TimeoutExpired:
-        raise MediaError(f"{os.path.basename(path)}: ffmpeg took longer than {timeout:.0f} s to {what}; "
-                         "the file is too long or damaged") from None
-    return proc
+        raise timeout_error(path, timeout, job.what) from None
+    return job.parse(proc.returncode, proc.stdout, proc.stderr)
 
 
 def _error_summary(stderr: bytes) -> str:
@@ -203,12 +219,14 @@ def parse_probe(path: str, returncode: int, stdout: bytes, stderr: bytes) -> Med
     return info
 
 
+def probe_job(path: str) -> FfmpegJob:
+    return FfmpegJob(probe_command(path), "read the file", lambda rc, out, err: parse_probe(path, rc, out, err))
+
+
 def probe(path: str, timeout: float = DEFAULT_TIMEOUT_S) -> MediaInfo:
     """Lists the streams and every video packet's time without decoding anything."""
     _check_file(path)
-    args = probe_command(path)
-    proc = _run(args, path, timeout, "read the file")
-    return parse_probe(path, proc.returncode, proc.stdout, proc.stderr)
+    return run_job(probe_job(path), path, timeout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -305,12 +323,14 @@ def assemble_frames(path: str, plan: SamplingPlan, raw: bytes, times: list[float
 def sample_frames(path: str, n: int = 100, size: int = 384, timeout: float = DEFAULT_TIMEOUT_S,
                   info: MediaInfo | None = None) -> Frames:
     """Samples ``n`` frames uniformly (all of them when the clip has fewer) as RGB arrays."""
-    info = info or probe(path, timeout)
+    return run_job(frames_job(path, info or probe(path, timeout), n, size), path, timeout)
+
+
+def frames_job(path: str, info: MediaInfo, n: int, size: int) -> FfmpegJob:
+    """Plans the sampling and returns the one decode pass that does it."""
     plan = plan_sampling(info, n)
-    args = frames_command(path, plan, size)
-    proc = _run(args, path, timeout, "decode the video")
-    return assemble_frames(path, plan, proc.stdout, showinfo_times(proc.stderr), size,
-                           proc.returncode, proc.stderr)
+    return FfmpegJob(frames_command(path, plan, size), "decode the video",
+                     lambda rc, out, err: assemble_frames(path, plan, out, showinfo_times(err), size, rc, err))
 
 
 def showinfo_times(stderr: bytes) -> list[float]:
@@ -343,8 +363,12 @@ def extract_audio(path: str, max_seconds: float | None = 30.0, timeout: float = 
     info = info or probe(path, timeout)
     if not info.has_audio:
         return None
-    proc = _run(audio_command(path, max_seconds), path, timeout, "decode the audio")
-    return parse_audio(path, proc.returncode, proc.stdout, proc.stderr)
+    return run_job(audio_job(path, max_seconds), path, timeout)
+
+
+def audio_job(path: str, max_seconds: float | None) -> FfmpegJob:
+    return FfmpegJob(audio_command(path, max_seconds), "decode the audio",
+                     lambda rc, out, err: parse_audio(path, rc, out, err))
 
 
 @dataclass

@@ -78,9 +78,9 @@ class FeatureCache:
         return len(self._items)
 
 
-async def run_ffmpeg(args: list[str], timeout: float, path: str, what: str) -> tuple[int, bytes, bytes]:
-    """Runs ffmpeg as an asyncio subprocess; kills it on timeout or cancellation."""
-    proc = await asyncio.create_subprocess_exec(*args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+async def run_job(job: mediafile.FfmpegJob, path: str, timeout: float):
+    """Runs an ffmpeg job as an asyncio subprocess; kills it on timeout or cancellation."""
+    proc = await asyncio.create_subprocess_exec(*job.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                                 stderr=subprocess.PIPE)
     try:
         out, err = await asyncio.wait_for(proc.communicate(), timeout)
@@ -89,10 +89,9 @@ async def run_ffmpeg(args: list[str], timeout: float, path: str, what: str) -> t
             proc.kill()
             await asyncio.shield(proc.wait())
         if isinstance(exc, asyncio.TimeoutError):
-            raise MediaError(f"ffmpeg took longer than {timeout:.0f} s to {what}; the file is too long or damaged") \
-                from None
+            raise mediafile.timeout_error(path, timeout, job.what) from None
         raise
-    return proc.returncode, out, err
+    return job.parse(proc.returncode, out, err)
 
 
 class MediaWorker:
@@ -137,39 +136,26 @@ class MediaWorker:
         start = time.perf_counter()
         try:
             async with self._decodes:
-                rc, out, err = await run_ffmpeg(mediafile.probe_command(path), timeout, path, "read the file")
-                info = mediafile.parse_probe(path, rc, out, err)
+                info = await run_job(mediafile.probe_job(path), path, timeout)
                 if info.duration > self.settings.max_video_seconds:
                     raise BadRequest(f"the video is {info.duration:.0f} s long; this service takes at most "
                                      f"{self.settings.max_video_seconds:.0f} s", param="video",
                                      code="video_too_long")
                 jobs = []
                 if info.has_video and "video" in cfg.modalities:
-                    jobs.append(self._frames(path, info, timeout))
+                    jobs.append(mediafile.frames_job(path, info, cfg.num_frames, cfg.image_size))
                 if info.has_audio and "audio" in cfg.modalities:
-                    jobs.append(self._audio(path, timeout))
+                    jobs.append(mediafile.audio_job(path, cfg.audio_seconds))
                 if not jobs:
                     raise MediaError("the file has no stream this model can use "
                                      f"(it takes {' and '.join(cfg.modalities)})")
-                results = await asyncio.gather(*jobs)
+                results = await asyncio.gather(*(run_job(job, path, timeout) for job in jobs))
         except MediaError as exc:
             raise UnsupportedMedia(_without_path(str(exc), path), param="video", code="invalid_media") from None
         frames = next((r for r in results if isinstance(r, mediafile.Frames)), None)
         audio = next((r for r in results if not isinstance(r, mediafile.Frames)), None)
         METRICS.decode_seconds.observe(time.perf_counter() - start)
         return frames, audio, info.duration
-
-    async def _frames(self, path, info, timeout) -> mediafile.Frames:
-        cfg = self.model.config
-        plan = mediafile.plan_sampling(info, cfg.num_frames)
-        rc, out, err = await run_ffmpeg(mediafile.frames_command(path, plan, cfg.image_size), timeout, path,
-                                        "decode the video")
-        return mediafile.assemble_frames(path, plan, out, mediafile.showinfo_times(err), cfg.image_size, rc, err)
-
-    async def _audio(self, path, timeout):
-        rc, out, err = await run_ffmpeg(mediafile.audio_command(path, self.model.config.audio_seconds), timeout,
-                                        path, "decode the audio")
-        return mediafile.parse_audio(path, rc, out, err)
 
     def _preprocess(self, frames, audio):
         pixels = self.processor.pixel_values(frames.frames) if frames is not None else None
