@@ -32,7 +32,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
+from .prepare import VIDEO_EXTS, find_media
+
 METRICS = ("correctness", "detail", "context", "temporal", "consistency")
 
 # -- questions --------------------------------------------------------------------------------------------
@@ -67,12 +68,12 @@ def load_questions(path: str | os.PathLike) -> list[dict]:
 
 def resolve_video(name: str, folder: Path | None) -> Path | None:
     """A question's video: a path, or a name looked up in the folder with the usual extensions."""
-    candidates = [Path(name)] if os.path.isabs(name) or folder is None else []
-    if folder is not None:
-        candidates += [folder / name] + [folder / f"{name}{ext}" for ext in VIDEO_EXTS]
-        if name.startswith("v_"):
-            candidates += [folder / f"{name[2:]}{ext}" for ext in VIDEO_EXTS]
-    return next((c for c in candidates if c.is_file()), None)
+    if os.path.isabs(name) or folder is None:
+        return Path(name) if Path(name).is_file() else None
+    if (folder / name).is_file():
+        return folder / name
+    stems = [name] + ([name[2:]] if name.startswith("v_") else [])  # ActivityNet names carry a v_ prefix
+    return find_media(folder, stems, VIDEO_EXTS)
 
 
 def _done_ids(path: Path) -> dict[str, dict]:

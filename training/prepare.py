@@ -104,7 +104,8 @@ def _check_audio(path: str) -> None:
         raise Skip(f"{path}: no audio stream")
 
 
-def _find(folder: Path, stems: list[str], exts: tuple[str, ...]) -> Path | None:
+def find_media(folder: Path, stems: list[str], exts: tuple[str, ...]) -> Path | None:
+    """The first ``folder/<stem><ext>`` that exists."""
     for stem in stems:
         for ext in exts:
             candidate = folder / f"{stem}{ext}"
@@ -156,7 +157,7 @@ def audiocaps(args) -> ManifestWriter:
 
     def work(job):
         cap_id, r = job
-        found = _find(audio_dir, [r["youtube_id"], cap_id, f"Y{r['youtube_id']}"], AUDIO_EXTS)
+        found = find_media(audio_dir, [r["youtube_id"], cap_id, f"Y{r['youtube_id']}"], AUDIO_EXTS)
         if found is None:
             raise Skip(f"no audio file for youtube_id {r['youtube_id']} in {audio_dir}")
         _check_audio(str(found))
@@ -203,7 +204,7 @@ def videoinstruct(args) -> ManifestWriter:
 
     def work(job):
         video_id, items = job
-        found = _find(videos, [video_id, f"v_{video_id}"], VIDEO_EXTS)
+        found = find_media(videos, [video_id, f"v_{video_id}"], VIDEO_EXTS)
         if found is None:
             raise Skip(f"no video file for {video_id} in {videos}")
         try:
