@@ -76,10 +76,8 @@ class Stream(Generic[T]):
                     return
                 if chunk is not None:
                     yield chunk
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(self.response.request) from exc
         except httpx.TransportError as exc:
-            raise APIConnectionError(str(exc), request=self.response.request) from exc
+            raise _transport_error(exc, self.response.request) from exc
         finally:
             self.response.close()
 
@@ -127,10 +125,8 @@ class AsyncStream(Generic[T]):
                     return
                 if chunk is not None:
                     yield chunk
-        except httpx.TimeoutException as exc:
-            raise APITimeoutError(self.response.request) from exc
         except httpx.TransportError as exc:
-            raise APIConnectionError(str(exc), request=self.response.request) from exc
+            raise _transport_error(exc, self.response.request) from exc
         finally:
             await self.response.aclose()
 
@@ -154,12 +150,32 @@ class AsyncStream(Generic[T]):
 # -- clients ---------------------------------------------------------------------------------------
 
 
+def _transport_error(exc: httpx.TransportError, request: httpx.Request) -> APIError:
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(request)
+    return APIConnectionError(f"Connection error: {exc}", request=request)
+
+
 class _Common:
     def __init__(self, *, base_url, api_key, timeout, max_retries, default_headers):
         self.base_url, self.api_key = _base.resolve_config(base_url, api_key)
         self.timeout = timeout if timeout is not None else _base.DEFAULT_TIMEOUT
         self.max_retries = _base.DEFAULT_MAX_RETRIES if max_retries is None else max_retries
         self._headers = _base.headers(self.api_key, default_headers)
+
+    def _attempt(self, method: str, path: str, *, json, data, upload: Upload | None, stream: bool, timeout
+                 ) -> tuple[httpx.Request, Callable[[], None]]:
+        """One attempt's request, with the upload opened afresh; call the returned cleanup after."""
+        files, cleanup = None, lambda: None
+        if upload is not None:
+            part, cleanup = upload.open()
+            files = {"video": part}
+        try:
+            return self._build(self._http, method, path, json=json, data=data, files=files, timeout=timeout,
+                               stream=stream), cleanup
+        except BaseException:
+            cleanup()
+            raise
 
     def _build(self, http, method: str, path: str, *, json=None, data=None, files=None, timeout=None,
                stream=False) -> httpx.Request:
@@ -194,20 +210,14 @@ class Client(_Common):
                 stream: bool = False, timeout=None) -> httpx.Response:
         """Sends with retries; returns a successful response (open, when streaming)."""
         for attempt in range(self.max_retries + 1):
-            files, cleanup = (None, lambda: None)
-            if upload is not None:
-                part, cleanup = upload.open()
-                files = {"video": part}
+            request, cleanup = self._attempt(method, path, json=json, data=data, upload=upload, stream=stream,
+                                             timeout=timeout)
             response = None
             try:
-                request = self._build(self._http, method, path, json=json, data=data, files=files, timeout=timeout,
-                                      stream=stream)
                 try:
                     response = self._http.send(request, stream=True)
-                except httpx.TimeoutException:
-                    error: APIError = APITimeoutError(request)
                 except httpx.TransportError as exc:
-                    error = APIConnectionError(f"Connection error: {exc}", request=request)
+                    error: APIError = _transport_error(exc, request)
                 else:
                     if response.status_code < 400:
                         if not stream:
@@ -251,20 +261,14 @@ class AsyncClient(_Common):
     async def request(self, method: str, path: str, *, json=None, data=None, upload: Upload | None = None,
                       stream: bool = False, timeout=None) -> httpx.Response:
         for attempt in range(self.max_retries + 1):
-            files, cleanup = (None, lambda: None)
-            if upload is not None:
-                part, cleanup = upload.open()
-                files = {"video": part}
+            request, cleanup = self._attempt(method, path, json=json, data=data, upload=upload, stream=stream,
+                                             timeout=timeout)
             response = None
             try:
-                request = self._build(self._http, method, path, json=json, data=data, files=files, timeout=timeout,
-                                      stream=stream)
                 try:
                     response = await self._http.send(request, stream=True)
-                except httpx.TimeoutException:
-                    error: APIError = APITimeoutError(request)
                 except httpx.TransportError as exc:
-                    error = APIConnectionError(f"Connection error: {exc}", request=request)
+                    error: APIError = _transport_error(exc, request)
                 else:
                     if response.status_code < 400:
                         if not stream:
