@@ -27,7 +27,7 @@ import torch
 from torch.utils.data import Dataset
 
 from model.media import MediaError, extract_audio, probe, sample_frames
-from model.processor import ContextLengthError
+from model.processor import ContextLengthError, Sample
 
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
@@ -178,8 +178,6 @@ class ManifestDataset(Dataset):
                                                          add_generation_prompt=False)
         if self.max_length and len(ids) > self.max_length:
             raise ContextLengthError(len(ids), self.max_length, len(ids), 0)
-        from model.processor import Sample
-
         sample = Sample(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                         labels=torch.tensor([labels]),
                         pixel_values_videos=self.processor.pixel_values(frames)[None] if frames is not None else None,

@@ -189,10 +189,11 @@ def evaluate(checkpoint: str | Path, test_manifest: Path, feature_cache: Path | 
         use_video = example.video_pooled is not None or example.sample.pixel_values_videos is not None
         ids, _, _ = model.processor.encode_chat(messages, use_audio, use_video)
         with torch.inference_mode():
-            embeds = model.embed_inputs(torch.tensor([ids]), example.sample.pixel_values_videos,
-                                        None, example.sample.input_features, None, None,
-                                        None if example.video_pooled is None else example.video_pooled[None],
-                                        None if example.audio_hidden is None else example.audio_hidden[None])[0]
+            embeds = model.embed_inputs(
+                torch.tensor([ids]), pixel_values_videos=example.sample.pixel_values_videos,
+                input_features=example.sample.input_features,
+                video_pooled=None if example.video_pooled is None else example.video_pooled[None],
+                audio_hidden=None if example.audio_hidden is None else example.audio_hidden[None])[0]
             out = model.processor.decode(list(model.generate(embeds, max_new_tokens=16))).strip()
         expected = row["conversations"][1]["value"]
         ok = _correct(out, expected, row["field"])
