@@ -38,7 +38,10 @@ def server(request, tiny, tiny_home, temp_dir, tmp_path_factory):
     """One real server per engine; every test in this file runs against each."""
     srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_TEMP_DIR": str(temp_dir),
                   "AVCHAT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "AVCHAT_ENGINE": request.param,
-                  "AVCHAT_ENCODER_BATCH_WINDOW_MS": "50", "VLLM_CPU_KVCACHE_SPACE": "1"},
+                  "AVCHAT_ENCODER_BATCH_WINDOW_MS": "50", "VLLM_CPU_KVCACHE_SPACE": "1",
+                  # The default (cores / 2) is one decode at a time here, which spaces requests out so
+                  # they never meet at the encoder; the batching test needs them to arrive together.
+                  "AVCHAT_MAX_PARALLEL_DECODES": "4"},
                  tmp_path_factory.mktemp("logs") / f"server-{request.param}.log")
     srv.engine = request.param
     yield srv.wait_ready()
