@@ -10,6 +10,7 @@ projectors into Phi's embedding space, and the Phi LLM.
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -115,12 +116,30 @@ class AVChatModel(nn.Module):
             model.to(device)
         return model.eval()
 
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
-        """Recompute the LLM's activations in backward (HF Trainer calls this)."""
-        llm = self.llm.get_base_model() if self.has_lora else self.llm
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
+        """Recompute the LLM's activations in backward. HF Trainer calls this with whatever its
+        release passes (``every_n_layers`` and ``offload`` in transformers 5.19); every keyword
+        the LLM's own method takes is forwarded to it."""
+        llm = self._base_llm
+        accepted = inspect.signature(llm.gradient_checkpointing_enable).parameters
+        unknown = set(kwargs) - set(accepted)
+        if unknown:
+            raise TypeError(f"gradient_checkpointing_enable() got unexpected arguments {sorted(unknown)}")
         llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
-                                          or {"use_reentrant": False})
+                                          or {"use_reentrant": False}, **kwargs)
         llm.config.use_cache = False
+
+    def gradient_checkpointing_disable(self) -> None:
+        self._base_llm.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        """Read by HF Trainer when it wraps the model in DDP."""
+        return self._base_llm.is_gradient_checkpointing
+
+    @property
+    def _base_llm(self):
+        return self.llm.get_base_model() if self.has_lora else self.llm
 
     def freeze_encoders(self) -> None:
         for tower in (self.vision_tower, self.audio_tower):

@@ -165,3 +165,46 @@ def test_video_features_of_a_list_match_the_padded_batch(tiny):
         single = tiny.get_video_features(b[None])
     assert torch.allclose(from_list, from_batch, atol=1e-5)
     assert torch.allclose(from_list[1], single[0], atol=1e-5)
+
+
+def _saved_bytes_and_grads(model, sample, labels):
+    """Bytes of the tensors autograd keeps for backward during one forward, and the gradients."""
+    saved = []
+
+    def pack(t):
+        saved.append(t.numel() * t.element_size())
+        return t
+
+    model.train()
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            loss = model(**sample.model_inputs(), labels=labels).loss
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    finally:
+        model.zero_grad(set_to_none=True)
+        model.eval()
+    return sum(saved), grads
+
+
+def test_gradient_checkpointing_takes_the_trainers_arguments_saves_memory_and_keeps_gradients(tiny_home):
+    model = AVChatModel.from_pretrained("tiny")
+    model.add_lora(r=4, alpha=8, dropout=0.0)
+    model.llm.requires_grad_(False)
+    for name, p in model.llm.named_parameters():
+        p.requires_grad_("lora_" in name)
+    sample = _sample(model, frames=2)
+    labels = sample.input_ids.clone()
+    plain_bytes, plain_grads = _saved_bytes_and_grads(model, sample, labels)
+    # transformers 5.19's Trainer passes every_n_layers and offload.
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=None, every_n_layers=1, offload=False)
+    assert model.is_gradient_checkpointing
+    ckpt_bytes, ckpt_grads = _saved_bytes_and_grads(model, sample, labels)
+    assert ckpt_bytes < 0.7 * plain_bytes, (ckpt_bytes, plain_bytes)
+    assert plain_grads.keys() == ckpt_grads.keys() and any("lora_" in n for n in ckpt_grads)
+    for name in plain_grads:
+        assert torch.allclose(plain_grads[name], ckpt_grads[name], atol=1e-5, rtol=1e-4), name
+    model.gradient_checkpointing_disable()
+    assert not model.is_gradient_checkpointing
+    with pytest.raises(TypeError, match="unexpected arguments"):
+        model.gradient_checkpointing_enable(no_such_option=3)

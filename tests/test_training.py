@@ -305,3 +305,24 @@ def test_invalid_arguments_list_every_problem(tiny_home, tmp_path):
     for fragment in ("nope.jsonl: no such file", "modalities", "learning_rate", "lora_dropout", "--bf16"):
         assert fragment in out.stderr, fragment
     assert "Traceback" not in out.stderr
+
+
+RECIPES = sorted((ROOT / "training" / "recipes").glob("*.yaml"))
+# The fixture manifest that stands in for each data file the recipes name.
+STAND_INS = {"commonvoice.jsonl": "cv.jsonl", "audiocaps.jsonl": "ac.jsonl", "videoinstruct.jsonl": "vi.jsonl",
+             "laion.jsonl": "laion.jsonl"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.stem for r in RECIPES])
+def test_every_shipped_recipe_runs_as_it_is(recipe, manifests, tiny_home, tmp_path):
+    """Only the model, the data, the output folder and the step count are overridden."""
+    import yaml
+
+    values = yaml.safe_load(recipe.read_text())
+    data = ",".join(str(manifests / STAND_INS[Path(d).name]) for d in values["data"])
+    module = "training.finetune" if recipe.stem.startswith("finetune") else "training.pretrain"
+    out = _run(module, "--config", str(recipe), "--model", "tiny", "--data", data, "--output-dir",
+               str(tmp_path / "run"), "--max-steps", "2", home=tiny_home)
+    history = json.loads((tmp_path / "run" / "log_history.json").read_text())
+    assert max(h["step"] for h in history) == 2, out.stdout[-1000:]
+    assert (tmp_path / "run" / "final" / "config.json").exists()

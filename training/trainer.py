@@ -121,7 +121,9 @@ def fit(cfg: TrainConfig, stage: str) -> Path:
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
         dataloader_num_workers=cfg.dataloader_num_workers, deepspeed=cfg.deepspeed,
         report_to=[] if cfg.report_to in ("none", "") else [cfg.report_to],
-        remove_unused_columns=False, disable_tqdm=False)
+        remove_unused_columns=False, disable_tqdm=False,
+        # Without a GPU, say so: bf16 then runs on the CPU, and torchrun's ranks form a real (gloo) DDP group.
+        use_cpu=not torch.cuda.is_available())
     trainer = AVTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(model.processor),
                         projector_lr=cfg.projector_lr if stage == "finetune" else None)
     last = get_last_checkpoint(str(out)) if cfg.resume and out.exists() else None
