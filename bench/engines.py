@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-CLIP = ROOT.parent / "shared" / "media" / "vllama_dog_barking.mp4"
+CLIP = ROOT / "tests" / "media" / "vllama_dog_barking.mp4"
 
 
 def stream(url: str, video_id: str, tokens: int, seed: int) -> tuple[float, float, int]:

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-MEDIA = ROOT.parent / "shared" / "media"
+MEDIA = ROOT / "tests" / "media"
 CLIPS = ["vllama_dog_barking.mp4", "vllama_boat.mp4", "vllava_sample_demo_1.mp4", "moviepy_chaplin.mp4",
          "vllama_birthday.mp4", "moviepy_big_buck_bunny_432_433.webm"]
 

@@ -1,5 +1,5 @@
-"""Shared fixtures: the tiny model (built once per session), real clips from ../shared/media and
-clips generated with ffmpeg."""
+"""Shared fixtures: the tiny model (built once per session), the real clips vendored in
+tests/media (provenance in tests/media/MANIFEST.tsv) and clips generated with ffmpeg."""
 
 from __future__ import annotations
 
@@ -11,10 +11,8 @@ import pytest
 
 from model.media import ffmpeg_exe
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
-if not MEDIA.is_dir():  # CI clones main beside a copy of shared/
-    MEDIA = Path(__file__).resolve().parents[1].parent / "shared" / "media"
-MEDIA_FILES = sorted(p for p in MEDIA.glob("*") if p.suffix != ".tsv")
+MEDIA = Path(__file__).resolve().parent / "media"
+MEDIA_FILES = sorted(p for p in MEDIA.glob("*") if p.suffix not in (".tsv", ".md"))
 
 
 def ffmpeg(*args: str) -> None:
@@ -26,6 +24,12 @@ def ffmpeg(*args: str) -> None:
 def media_dir() -> Path:
     assert MEDIA_FILES, f"no media files in {MEDIA}"
     return MEDIA
+
+
+@pytest.fixture(scope="session")
+def media_files(media_dir) -> list[Path]:
+    """Every vendored real clip."""
+    return MEDIA_FILES
 
 
 @pytest.fixture(scope="session")

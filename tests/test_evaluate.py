@@ -1,4 +1,4 @@
-"""Evaluation: the tiny service answers a small benchmark built from ../shared/media; the judge
+"""Evaluation: the tiny service answers a small benchmark built from tests/media; the judge
 is a local server speaking OpenAI chat completions that scores deterministically and sometimes
 answers 429, malformed dicts or prose."""
 
@@ -124,7 +124,7 @@ def test_question_files_in_each_format(bench):
     pair = load_questions(bench / "consistency_qa.json")[0]
     assert pair["kind"] == "consistency" and len(pair["questions"]) == 2
     assert load_questions(bench / "av.jsonl")[0]["answer"] == "A dog barks."
-    shared = load_questions(Path(ROOT.parent / "shared" / "benchmarks" / "vcgbench" / "consistency_qa.json"))
+    shared = load_questions(ROOT / "training" / "benchmarks" / "vcgbench" / "consistency_qa.json")
     assert len(shared) == 499 and shared[0]["video"].startswith("v_")
 
 
