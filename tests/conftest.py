@@ -9,15 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from model.media import ffmpeg_exe
+import imageio_ffmpeg
 
 MEDIA = Path(__file__).resolve().parent / "media"
 MEDIA_FILES = sorted(p for p in MEDIA.glob("*") if p.suffix not in (".tsv", ".md"))
 
 
+# Fixtures are made with one fixed binary, the imageio-ffmpeg wheel's (9.x, with libx264, libopus,
+# libvpx and -display_rotation), whichever ffmpeg the code under test runs (AVCHAT_FFMPEG, else the
+# system's: .ci/run runs the media and service tests with both).
+FIXTURE_FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
+
+
 def ffmpeg(*args: str) -> None:
-    subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args], check=True,
-                   timeout=120)
+    subprocess.run([FIXTURE_FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args], check=True,
+                   timeout=300)
 
 
 @pytest.fixture(scope="session")
@@ -62,6 +68,41 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     out["dense_keys"] = d / "dense_keys.mp4"
     ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10:duration=30", "-c:v", "libx264",
            "-preset", "ultrafast", "-g", "2", "-pix_fmt", "yuv420p", str(out["dense_keys"]))
+    return out
+
+
+@pytest.fixture(scope="session")
+def odd_clips(tmp_path_factory) -> dict[str, tuple[Path, bool, bool]]:
+    """Legitimate files with awkward timing: name -> (path, has video, has audio)."""
+    d = tmp_path_factory.mktemp("odd")
+    src = ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=6"]
+    tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=6"]
+    h264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+    out: dict[str, tuple[Path, bool, bool]] = {}
+
+    def make(name: str, args: list[str], video: bool = True, audio: bool = True) -> None:
+        ffmpeg(*args, str(d / name))
+        out[name] = (d / name, video, audio)
+
+    make("long.ts", [*src, *tone, *h264, "-c:a", "aac", "-f", "mpegts"])  # 150 frames, 1.4 s start offset
+    make("offset.mp4", [*src, *tone, *h264, "-c:a", "aac", "-output_ts_offset", "10"])
+    make("audio_first.mkv", [*src, "-itsoffset", "-0.5", *tone, *h264, "-c:a", "libopus"])
+    make("bframes.mp4", [*src, "-c:v", "libx264", "-preset", "medium", "-bf", "3", "-pix_fmt", "yuv420p"],
+         audio=False)
+    make("open_gop.mp4", ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30:duration=20", "-c:v", "libx264",
+                          "-preset", "medium", "-bf", "3", "-g", "30", "-x264-params", "open-gop=1",
+                          "-pix_fmt", "yuv420p"], audio=False)
+    make("vfr.mkv", ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=5:duration=3", "-f", "lavfi",
+                     "-i", "testsrc2=size=160x120:rate=30:duration=3", "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]",
+                     "-map", "[v]", "-fps_mode", "vfr", *h264], audio=False)
+    ffmpeg(*src, *tone, *h264, "-c:a", "aac", "-bf", "2", "-g", "25", str(d / "gop.mp4"))
+    make("edit_list.mp4", ["-ss", "1.3", "-i", str(d / "gop.mp4"), "-c", "copy"])  # starts mid-GOP
+    make("rotated.mp4", ["-display_rotation", "90", "-i", str(d / "gop.mp4"), "-c", "copy"])
+    make("ntsc.mp4", ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30000/1001:duration=7", *tone, *h264,
+                      "-c:a", "aac", "-shortest"])
+    make("one_frame.mp4", [*src, *h264, "-frames:v", "1"], audio=False)
+    make("silent_video.webm", [*src, "-c:v", "libvpx", "-b:v", "200k"], audio=False)
+    make("audio_only.m4a", [*tone, "-c:a", "aac"], video=False)
     return out
 
 
