@@ -1,6 +1,6 @@
-"""Command line: ask a question about a video and stream the answer.
+"""Command line: ask a question about a video (or audio, or an image) and stream the answer.
 
-    python -m model ask VIDEO "question" [--checkpoint DIR | --preset tiny] [--modalities audio,video]
+    python -m model ask VIDEO "question" [--checkpoint DIR | --preset demo|tiny|phi2] [--modalities audio,video]
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import time
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m model", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
-    ask = sub.add_parser("ask", help="ask one question about a video (or audio) file")
-    ask.add_argument("video", help="a video or audio file")
+    ask = sub.add_parser("ask", help="ask one question about a video (or audio, or image) file")
+    ask.add_argument("video", help="a video, audio or image file")
     ask.add_argument("question", help="what to ask about it")
     src = ask.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="a checkpoint folder (what training writes)")
@@ -23,6 +23,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="a built-in preset: demo (default; trained on synthetic clips), tiny (random weights) or phi2")
     ask.add_argument("--modalities", default=None,
                      help="comma-separated subset of audio,video (default: what the model was trained on)")
+    ask.add_argument("--start", type=float, default=None, help="analyse from this second on")
+    ask.add_argument("--end", type=float, default=None, help="analyse up to this second")
     ask.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (default 64)")
     ask.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     ask.add_argument("--top-p", type=float, default=1.0)
@@ -31,68 +33,70 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
 def _ask(args: argparse.Namespace) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from .media import MediaError, load_media
+    from .generation import TextStream
+    from .media import InvalidWindow, MediaError, Window
     from .modeling import AVChatModel
+    from .pipeline import decode, encode, preprocess, project, prompt, prompt_embeds
     from .processor import ContextLengthError
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if not os.path.exists(args.video):
-        print(f"error: {args.video}: no such file", file=sys.stderr)
-        return 2
+        return _fail(f"{args.video}: no such file")
     modalities = None
     if args.modalities:
         modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
         bad = set(modalities) - {"audio", "video"}
         if bad:
-            print(f"error: --modalities takes audio and/or video, not {', '.join(sorted(bad))}", file=sys.stderr)
-            return 2
+            return _fail(f"--modalities takes audio and/or video, not {', '.join(sorted(bad))}")
     if args.max_tokens < 1:
-        print("error: --max-tokens must be at least 1", file=sys.stderr)
-        return 2
+        return _fail("--max-tokens must be at least 1")
     source = args.checkpoint or args.preset or "demo"
     try:
         model = AVChatModel.from_pretrained(source, device=args.device)
-    except (OSError, FileNotFoundError, ValueError) as exc:
-        print(f"error: cannot load the model from {source!r}: {exc}", file=sys.stderr)
-        return 2
-    cfg = model.config
-    use = modalities or cfg.modalities
+    except (OSError, ValueError) as exc:
+        return _fail(f"cannot load the model from {source!r}: {exc}")
+    window = Window(args.start or 0.0, args.end) if args.start is not None or args.end is not None else None
     try:
-        media = load_media(args.video, num_frames=cfg.num_frames, size=cfg.image_size,
-                           audio_seconds=cfg.audio_seconds, use_video="video" in use, use_audio="audio" in use)
-        sample = model.processor([{"role": "user", "content": args.question}], media, modalities=use,
-                                 max_new_tokens=args.max_tokens)
-    except (MediaError, ContextLengthError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        media = decode(args.video, model.config, modalities, window)
+        embeddings = project(model, encode(model, [preprocess(model.processor, media)]))[0]
+        p = prompt(model.processor, [{"role": "user", "content": args.question}], embeddings, modalities,
+                   max_new_tokens=args.max_tokens)
+    except (MediaError, ContextLengthError, InvalidWindow) as exc:
+        return _fail(str(exc))
     start = time.perf_counter()
-    ids: list[int] = []
-    printed = ""
     first = None
+    generated = 0
+    stream = TextStream(model.tokenizer, eos_token_id=model.tokenizer.eos_token_id)
     with torch.inference_mode():
-        embeds = model.prompt_embeds(sample)
+        embeds = prompt_embeds(model, p, embeddings)
         for token in model.generate(embeds, max_new_tokens=args.max_tokens, temperature=args.temperature,
                                     top_p=args.top_p, seed=args.seed):
             first = first or time.perf_counter()
-            ids.append(token)
-            text = model.processor.decode(ids)
-            if not text.endswith("\ufffd"):  # hold back half a multi-byte character
-                sys.stdout.write(text[len(printed):])
-                sys.stdout.flush()
-                printed = text
+            generated += 1
+            sys.stdout.write(stream.push(token))
+            sys.stdout.flush()
+        sys.stdout.write(stream.finish())
     end = time.perf_counter()
-    counts = sample.token_counts
+    counts, report = p.counts, media.report
     print()
     print(f"[tokens] prompt {sum(counts.values())} = audio {counts['audio']} + video {counts['video']} + "
-          f"text {counts['text']}; generated {len(ids)}", file=sys.stderr)
-    print(f"[time] first token {((first or end) - start) * 1000:.0f} ms, total {(end - start) * 1000:.0f} ms; "
-          f"frames {0 if media.frames is None else len(media.frames.timestamps)} ({media.frames.mode if media.frames else '-'}), "
-          f"audio {'%.1f s' % (len(media.audio) / 16000) if media.audio is not None else 'none'}", file=sys.stderr)
+          f"text {counts['text']}; generated {generated}", file=sys.stderr)
+    print(f"[media] {report.duration_s:.1f} s analysed, {report.frames} frames "
+          f"({media.frames.mode if media.frames else '-'}), audio heard {report.audio_s:.1f} s"
+          + (f", {report.audio_truncated_s:.1f} s not heard (one 30 s window; --start picks it)"
+             if report.audio_truncated_s > 0 else ""), file=sys.stderr)
+    print(f"[time] first token {((first or end) - start) * 1000:.0f} ms, total {(end - start) * 1000:.0f} ms",
+          file=sys.stderr)
     return 0
 
 

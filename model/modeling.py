@@ -5,6 +5,10 @@ projectors into Phi's embedding space, and the Phi LLM.
     mel (B, 80, 3000) --Whisper enc+dec, 64 start tokens--> (B, 64, Ca) --proj--> (B, 64, H)
     token ids with 64 <audio> / 829 <video> ids --embed--> (B, T, H), media written in by masked_scatter
 
+``forward`` takes the encoders' outputs (one form per modality, as transformers' LLaVA family
+takes one): the frozen encoders run outside it, in :mod:`model.pipeline` for inference and in
+the trainer for training, so a training feature cache and raw media give the same batch.
+
     python -m model ask clip.mp4 "What do you hear?" --preset tiny
 """
 
@@ -21,7 +25,9 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel, WhisperModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from . import presets
 from .config import AVChatConfig
+from .generation import sample_token
 from .processor import AVChatProcessor, add_media_tokens
 
 PROJECTORS_FILE = "projectors.safetensors"
@@ -79,18 +85,13 @@ class AVChatModel(nn.Module):
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None) -> AVChatModel:
-        """Loads a checkpoint folder, a preset (``tiny``, ``phi2``) or, on a machine that reaches
-        the hub, the components named by hub ids."""
-        from .presets import PRESETS, resolve
-
-        ref = resolve(name_or_path)
-        if os.path.isdir(ref):
-            root: str | None = ref
-            config = AVChatConfig.from_pretrained(ref)
-        elif ref in PRESETS:
-            root, config = None, PRESETS[ref]()
+        """Loads a checkpoint folder, a preset (``demo``, ``tiny``, ``phi2``) or, on a machine that
+        reaches the hub, the components named by hub ids."""
+        ref = presets.resolve(name_or_path, build=write_random_checkpoint)
+        if isinstance(ref, AVChatConfig):
+            root, config = None, ref
         else:
-            raise FileNotFoundError(f"{ref!r} is neither a checkpoint folder nor a preset ({', '.join(PRESETS)})")
+            root, config = ref, AVChatConfig.from_pretrained(ref)
         kw = {"dtype": dtype} if dtype is not None else {}
         vision = SiglipVisionModel.from_pretrained(_component(root, config.vision_tower), **kw)
         audio = WhisperModel.from_pretrained(_component(root, config.audio_tower), **kw)
@@ -213,19 +214,11 @@ class AVChatModel(nn.Module):
             h = block(h, None)
         return h
 
-    def pool_video(self, pixel_values_videos: torch.Tensor | list[torch.Tensor],
-                   video_frame_mask: torch.Tensor | None = None, chunk: int = 8) -> torch.Tensor:
-        """(B, F, 3, S, S), or a list of (F_i, 3, S, S) -> (B, num_frames + patches, Cv), before
-        the projector. Frame tokens (mean over patches; zero for missing frames) then patch
-        tokens (mean over the real frames), as in Video-ChatGPT. Frames go through SigLIP in
-        small chunks (faster on CPU caches, bounded memory on GPU), across videos."""
-        if isinstance(pixel_values_videos, torch.Tensor):
-            if video_frame_mask is None:
-                videos = list(pixel_values_videos)
-            else:
-                videos = [v[m] for v, m in zip(pixel_values_videos, video_frame_mask)]
-        else:
-            videos = list(pixel_values_videos)
+    def pool_video(self, videos: list[torch.Tensor], chunk: int = 8) -> torch.Tensor:
+        """A list of (F_i, 3, S, S) -> (B, num_frames + patches, Cv), before the projector. Frame
+        tokens (mean over patches; zero for missing frames) then patch tokens (mean over the
+        real frames), as in Video-ChatGPT. Frames go through SigLIP in small chunks (faster on
+        CPU caches, bounded memory on GPU), across videos."""
         counts = [v.shape[0] for v in videos]
         if max(counts) > self.config.num_frames:
             raise ValueError(f"got {max(counts)} frames; the model takes at most {self.config.num_frames}")
@@ -245,11 +238,6 @@ class AVChatModel(nn.Module):
             tokens.append(torch.cat([frame_tokens, f.mean(0)]))  # (T + P, Cv)
         return torch.stack(tokens)  # (B, T + P, Cv)
 
-    def get_video_features(self, pixel_values_videos, video_frame_mask=None) -> torch.Tensor:
-        """Projected video tokens, (B, num_frames + patches, H)."""
-        pooled = self.pool_video(pixel_values_videos, video_frame_mask)
-        return self.vision_projector(pooled.to(self.vision_projector[0].weight.dtype))
-
     def encode_audio(self, input_features: torch.Tensor) -> torch.Tensor:
         """(B, 80, 3000) log-mel -> (B, 64, Ca), before the projector: LLaSM's read-out, the
         Whisper decoder's last hidden state over 64 start tokens."""
@@ -260,33 +248,22 @@ class AVChatModel(nn.Module):
             return self.audio_tower(input_features=input_features.to(self.audio_tower.dtype),
                                     decoder_input_ids=decoder_ids).last_hidden_state  # (B, 64, Ca)
 
-    def get_audio_features(self, input_features: torch.Tensor) -> torch.Tensor:
-        """Projected audio tokens, (B, 64, H)."""
-        hidden = self.encode_audio(input_features)
+    def project_video(self, pooled: torch.Tensor) -> torch.Tensor:
+        """(B, T + P, Cv) pooled SigLIP tokens -> (B, T + P, H)."""
+        return self.vision_projector(pooled.to(self.vision_projector[0].weight.dtype))
+
+    def project_audio(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, 64, Ca) Whisper read-out -> (B, 64, H)."""
         return self.audio_projector(hidden.to(self.audio_projector[0].weight.dtype))
 
-    def embed_inputs(self, input_ids: torch.Tensor, pixel_values_videos: torch.Tensor | None = None,
-                     video_frame_mask: torch.Tensor | None = None, input_features: torch.Tensor | None = None,
-                     video_features: torch.Tensor | None = None, audio_features: torch.Tensor | None = None,
-                     video_pooled: torch.Tensor | None = None, audio_hidden: torch.Tensor | None = None,
-                     video_is_cached: torch.Tensor | None = None, audio_is_cached: torch.Tensor | None = None,
-                     ) -> torch.Tensor:
-        """Text embeddings with the projected media written into the placeholder positions.
-        Precomputed features skip the encoders: ``video_features`` / ``audio_features`` are
-        projected already; ``video_pooled`` / ``audio_hidden`` (a training feature cache) are not.
-        When a batch mixes cached and raw media, ``*_is_cached`` (one bool per sample that has
-        that medium, in batch order) says which is which."""
+    def merge_media(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None = None,
+                    audio_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Text embeddings ``(B, T, H)`` with the projected media written into the placeholder
+        positions, after a hard count check. ``*_embeds`` hold one row per sample that has
+        that medium, in batch order."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, H)
-        if video_features is None and (video_pooled is not None or pixel_values_videos is not None):
-            raw = self.pool_video(pixel_values_videos, video_frame_mask) if pixel_values_videos is not None else None
-            pooled = _in_order(video_pooled, raw, video_is_cached)  # (B_v, T + P, Cv)
-            video_features = self.vision_projector(pooled.to(self.vision_projector[0].weight.dtype))
-        if audio_features is None and (audio_hidden is not None or input_features is not None):
-            raw = self.encode_audio(input_features) if input_features is not None else None
-            hidden = _in_order(audio_hidden, raw, audio_is_cached)  # (B_a, 64, Ca)
-            audio_features = self.audio_projector(hidden.to(self.audio_projector[0].weight.dtype))
-        for name, token_id, feats in (("video", self.config.video_token_id, video_features),
-                                      ("audio", self.config.audio_token_id, audio_features)):
+        for name, token_id, feats in (("video", self.config.video_token_id, video_embeds),
+                                      ("audio", self.config.audio_token_id, audio_embeds)):
             mask = input_ids == token_id  # (B, T)
             n_tokens = int(mask.sum())
             n_feats = 0 if feats is None else feats.shape[0] * feats.shape[1]
@@ -297,39 +274,25 @@ class AVChatModel(nn.Module):
                 embeds = embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), feats.to(embeds.dtype))
         return embeds
 
-    def prompt_embeds(self, sample_or_inputs) -> torch.Tensor:
-        """The whole prompt embedding matrix ``(T, H)`` of one sample: what vLLM takes as
-        prompt embeddings."""
-        inputs = sample_or_inputs.model_inputs() if hasattr(sample_or_inputs, "model_inputs") else sample_or_inputs
-        inputs = {k: v for k, v in inputs.items() if k not in ("labels", "attention_mask")}
-        with torch.no_grad():
-            return self.embed_inputs(**self._to_device(inputs))[0]
-
-    def _to_device(self, inputs: dict) -> dict:
-        return {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-
     # -- forward, generate ----------------------------------------------------------------------
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, pixel_values_videos: torch.Tensor | None = None,
-                video_frame_mask: torch.Tensor | None = None, input_features: torch.Tensor | None = None,
-                video_features: torch.Tensor | None = None, audio_features: torch.Tensor | None = None,
-                video_pooled: torch.Tensor | None = None, audio_hidden: torch.Tensor | None = None,
-                video_is_cached: torch.Tensor | None = None, audio_is_cached: torch.Tensor | None = None,
-                **kwargs) -> CausalLMOutputWithPast:
-        embeds = self.embed_inputs(input_ids, pixel_values_videos, video_frame_mask, input_features,
-                                   video_features, audio_features, video_pooled, audio_hidden,
-                                   video_is_cached, audio_is_cached)
+                labels: torch.Tensor | None = None, video_features: torch.Tensor | None = None,
+                audio_features: torch.Tensor | None = None, **kwargs) -> CausalLMOutputWithPast:
+        """``video_features`` (B_v, T + P, Cv) and ``audio_features`` (B_a, 64, Ca) are the frozen
+        encoders' outputs (:func:`model.pipeline.encode`, or a training feature cache)."""
+        video = self.project_video(video_features) if video_features is not None else None
+        audio = self.project_audio(audio_features) if audio_features is not None else None
+        embeds = self.merge_media(input_ids, video, audio)
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
-    def generate(self, inputs, max_new_tokens: int = 128, temperature: float = 0.0, top_p: float = 1.0,
-                 seed: int | None = None, eos_token_id: int | None = None) -> Iterator[int]:
-        """Streams generated token ids for one sample (a processor ``Sample``, a dict of inputs or
-        a prompt embedding matrix). Greedy at temperature 0; stops at EOS. Closing the iterator
-        stops the work."""
-        embeds = inputs if torch.is_tensor(inputs) else self.prompt_embeds(inputs)
-        embeds = embeds.to(self.device, self.dtype).unsqueeze(0)  # (1, T, H)
+    def generate(self, prompt_embeds: torch.Tensor, max_new_tokens: int = 128, temperature: float = 0.0,
+                 top_p: float = 1.0, seed: int | None = None, eos_token_id: int | None = None) -> Iterator[int]:
+        """Streams generated token ids from a prompt embedding matrix ``(T, H)``
+        (:func:`model.pipeline.prompt_embeds`). Greedy at temperature 0; stops at EOS. Closing
+        the iterator stops the work."""
+        embeds = prompt_embeds.to(self.device, self.dtype).unsqueeze(0)  # (1, T, H)
         eos = eos_token_id if eos_token_id is not None else self.tokenizer.eos_token_id
         generator = torch.Generator(device=self.device)
         generator.manual_seed(seed if seed is not None else torch.seed())
@@ -416,26 +379,9 @@ class AVChatModel(nn.Module):
         config.save_pretrained(out)
 
 
-def _in_order(cached: torch.Tensor | None, raw: torch.Tensor | None,
-              is_cached: torch.Tensor | None) -> torch.Tensor:
-    """Interleaves cached and freshly encoded features back into batch order."""
-    if cached is None or raw is None:
-        return cached if raw is None else raw
-    if is_cached is None or int(is_cached.sum()) != cached.shape[0]:
-        raise ValueError("a batch mixing cached and raw media needs is_cached with one flag per sample")
-    out = raw.new_empty((is_cached.shape[0], *raw.shape[1:]))
-    out[is_cached.to(out.device)] = cached.to(out)
-    out[~is_cached.to(out.device)] = raw
-    return out
-
-
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator) -> int:
-    """Greedy at temperature 0, else nucleus sampling."""
-    if temperature <= 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / temperature, dim=-1)
-    if top_p < 1.0:
-        sorted_probs, order = probs.sort(descending=True)
-        keep = sorted_probs.cumsum(0) - sorted_probs < top_p  # always keeps the top token
-        probs = torch.zeros_like(probs).scatter_(0, order[keep], sorted_probs[keep])
-    return int(torch.multinomial(probs, 1, generator=generator))
+def write_random_checkpoint(config: AVChatConfig, tokenizer, path: Path, seed: int) -> None:
+    """A checkpoint folder with seeded random weights of ``config``'s geometry (the presets
+    built offline)."""
+    add_media_tokens(tokenizer)
+    torch.manual_seed(seed)
+    AVChatModel.from_config(config, tokenizer).save_pretrained(path)

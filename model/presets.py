@@ -1,6 +1,7 @@
-"""Presets: ``phi2`` names the real Hugging Face ids; ``tiny`` is the same classes with random
-weights and small widths, built offline (tokenizer included), written to a local checkpoint
-folder and then loaded through the same ``from_pretrained`` code as any checkpoint.
+"""Presets, and where a model name leads: ``phi2`` names the real Hugging Face ids; ``tiny`` is
+the same classes with random weights and small widths, built offline (tokenizer included),
+written to a local checkpoint folder and then loaded through the same ``from_pretrained`` code
+as any checkpoint; ``demo`` is the checkpoint shipped in ``model/demo``.
 
 ``tiny`` keeps the real geometry, so every token count and boundary shape is the real one:
 384 px frames in 14 px patches (729 patches), 100 frames, 80 x 3000 mel input, 64 audio tokens
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from transformers import PhiConfig, SiglipVisionConfig, WhisperConfig
@@ -20,7 +22,6 @@ from .config import AVChatConfig
 
 TINY_VERSION = "4"  # bump when the tiny recipe changes, so cached folders are rebuilt
 TINY_SEED = 0
-SPECIAL_TOKENS = ("<audio>", "<video>")
 EOS = "<|endoftext|>"
 
 
@@ -108,24 +109,11 @@ def build_tiny_tokenizer(vocab_size: int = 1024):
     return fast
 
 
-def write_tiny_checkpoint(path: Path) -> Path:
-    """Builds the tiny model with seeded random weights and saves it as a checkpoint folder."""
-    import torch
-
-    from .modeling import AVChatModel
-    from .processor import add_media_tokens
-
-    tokenizer = build_tiny_tokenizer()
-    add_media_tokens(tokenizer)
-    config = tiny_config()
-    torch.manual_seed(TINY_SEED)
-    model = AVChatModel.from_config(config, tokenizer)
-    model.save_pretrained(path)
-    (path / "PRESET").write_text(f"tiny {TINY_VERSION}\n")
-    return path
+# (config, tokenizer, folder, seed) -> None: writes a random-weight checkpoint folder (modeling's).
+Builder = Callable[[AVChatConfig, object, Path, int], None]
 
 
-def tiny_checkpoint(home: Path | None = None) -> Path:
+def tiny_checkpoint(build: Builder, home: Path | None = None) -> Path:
     """The tiny checkpoint folder, built on first use (atomically, so parallel users are safe)."""
     target = (home or cache_home()) / f"tiny-v{TINY_VERSION}"
     if (target / "PRESET").exists():
@@ -133,7 +121,8 @@ def tiny_checkpoint(home: Path | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
     try:
-        write_tiny_checkpoint(tmp)
+        build(tiny_config(), build_tiny_tokenizer(), tmp, TINY_SEED)
+        (tmp / "PRESET").write_text(f"tiny {TINY_VERSION}\n")
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -150,17 +139,18 @@ PRESETS = {"tiny": tiny_config, "phi2": phi2_config}
 # training (python -m training.synthetic experiment; see model/demo/README.md). It answers
 # questions about synthetic clips like model/demo/sample.mp4: the square's colour and the sound.
 DEMO_CHECKPOINT = Path(__file__).resolve().parent / "demo" / "checkpoint"
-DEMO_CLIP = Path(__file__).resolve().parent / "demo" / "sample.mp4"
 
 
-def resolve(name_or_path: str | os.PathLike) -> str:
-    """A checkpoint folder, a preset name (``tiny`` is built locally, ``demo`` ships with the
-    package), or a hub id as given."""
+def resolve(name_or_path: str | os.PathLike, build: Builder) -> str | AVChatConfig:
+    """A checkpoint folder for a folder or a built preset (``tiny`` is built with ``build`` on
+    first use, ``demo`` ships with the package), or the config of a hub preset (``phi2``)."""
     text = str(name_or_path)
     if os.path.isdir(text):
         return text
     if text == "tiny":
-        return str(tiny_checkpoint())
+        return str(tiny_checkpoint(build))
     if text == "demo":
         return str(DEMO_CHECKPOINT)
-    return text
+    if text in PRESETS:
+        return PRESETS[text]()
+    raise FileNotFoundError(f"{text!r} is neither a checkpoint folder nor a preset ({', '.join(['demo', *PRESETS])})")

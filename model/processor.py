@@ -12,7 +12,7 @@ Template (Bunny ``conv_bunny``)::
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
 
 import numpy as np
 import torch
@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from transformers import WhisperFeatureExtractor
 
 from .config import AVChatConfig
-from .media import Media
 
 IGNORE_INDEX = -100
 EOS = "<|endoftext|>"
@@ -46,29 +45,9 @@ def add_media_tokens(tokenizer) -> None:
         tokenizer.pad_token = tokenizer.eos_token
 
 
-@dataclass
-class Sample:
-    """One processed example (batch dimension 1 on every tensor)."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    labels: torch.Tensor | None = None
-    pixel_values_videos: torch.Tensor | None = None  # (1, F, 3, S, S)
-    input_features: torch.Tensor | None = None  # (1, 80, 3000)
-    token_counts: dict[str, int] = field(default_factory=dict)
-
-    def model_inputs(self) -> dict:
-        out = {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
-        if self.labels is not None:
-            out["labels"] = self.labels
-        if self.pixel_values_videos is not None:
-            out["pixel_values_videos"] = self.pixel_values_videos
-        if self.input_features is not None:
-            out["input_features"] = self.input_features
-        return out
-
-
 class AVChatProcessor:
+    """Tokenizer, chat template and media preprocessing; loadable without the model."""
+
     def __init__(self, tokenizer, config: AVChatConfig):
         add_media_tokens(tokenizer)
         self.tokenizer = tokenizer
@@ -78,6 +57,16 @@ class AVChatProcessor:
         self.feature_extractor = WhisperFeatureExtractor(
             feature_size=config.audio_config.num_mel_bins, sampling_rate=16_000,
             chunk_length=int(config.audio_seconds), hop_length=160, n_fft=400)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike) -> AVChatProcessor:
+        """The processor of a checkpoint folder (its config.json and tokenizer files only)."""
+        from transformers import AutoTokenizer
+
+        config = AVChatConfig.from_pretrained(folder)
+        source = os.path.join(folder, config.tokenizer_name) if config.tokenizer_name and os.path.isdir(
+            os.path.join(folder, config.tokenizer_name)) else (config.tokenizer_name or folder)
+        return cls(AutoTokenizer.from_pretrained(source), config)
 
     # -- media ----------------------------------------------------------------------------------
 
@@ -113,10 +102,11 @@ class AVChatProcessor:
                 content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
             if not isinstance(content, str):
                 raise ValueError(f"message content must be text, got {type(content).__name__}")
+            content = self._clean(content)  # in every role: a typed placeholder would break the count check
             if role == "system":
-                system = content.strip() or system
+                system = content or system
             elif role in ("user", "assistant"):
-                turns.append((role, self._clean(content) if role == "user" else content.strip()))
+                turns.append((role, content))
             else:
                 raise ValueError(f"unknown message role {role!r}; use system, user or assistant")
         if not turns or turns[0][0] != "user":
@@ -165,60 +155,6 @@ class AVChatProcessor:
         n_audio = ids.count(self.audio_token_id)
         n_video = ids.count(self.video_token_id)
         return ids, labels, {"audio": n_audio, "video": n_video, "text": len(ids) - n_audio - n_video}
-
-    # -- everything -----------------------------------------------------------------------------
-
-    def __call__(self, messages: list[dict], media: Media | None = None, *, frames: np.ndarray | None = None,
-                 audio: np.ndarray | None = None, modalities: list[str] | None = None,
-                 add_generation_prompt: bool = True, max_new_tokens: int = 0,
-                 with_labels: bool = False) -> Sample:
-        if media is not None:
-            frames = media.frames.frames if media.frames is not None else frames
-            audio = media.audio if media.audio is not None else audio
-        use = set(modalities if modalities is not None else self.config.modalities)
-        if "video" not in use:
-            frames = None
-        if "audio" not in use:
-            audio = None
-        if frames is not None and len(frames) > self.config.num_frames:
-            raise ValueError(f"got {len(frames)} frames; the model takes at most {self.config.num_frames}")
-        ids, labels, counts = self.encode_chat(messages, audio is not None, frames is not None,
-                                               add_generation_prompt, max_new_tokens)
-        return Sample(
-            input_ids=torch.tensor([ids]),
-            attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-            labels=torch.tensor([labels]) if with_labels else None,
-            pixel_values_videos=self.pixel_values(frames)[None] if frames is not None else None,
-            input_features=self.audio_features(audio)[None] if audio is not None else None,
-            token_counts=counts,
-        )
-
-    def collate(self, samples: list[Sample]) -> dict:
-        """Pads a list of samples into one training batch (right padding; labels -100 there)."""
-        longest = max(s.input_ids.shape[1] for s in samples)
-        pad = self.tokenizer.pad_token_id
-        ids = torch.full((len(samples), longest), pad, dtype=torch.long)
-        mask = torch.zeros((len(samples), longest), dtype=torch.long)
-        labels = torch.full((len(samples), longest), IGNORE_INDEX, dtype=torch.long)
-        for i, s in enumerate(samples):
-            n = s.input_ids.shape[1]
-            ids[i, :n], mask[i, :n] = s.input_ids[0], 1
-            if s.labels is not None:
-                labels[i, :n] = s.labels[0]
-        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
-        videos = [s.pixel_values_videos[0] for s in samples if s.pixel_values_videos is not None]
-        if videos:
-            most = max(v.shape[0] for v in videos)
-            batch["pixel_values_videos"] = torch.stack([F.pad(v, (0, 0, 0, 0, 0, 0, 0, most - v.shape[0]))
-                                                        for v in videos])
-            frame_mask = torch.zeros(len(videos), most, dtype=torch.bool)
-            for i, v in enumerate(videos):
-                frame_mask[i, : v.shape[0]] = True
-            batch["video_frame_mask"] = frame_mask
-        audios = [s.input_features[0] for s in samples if s.input_features is not None]
-        if audios:
-            batch["input_features"] = torch.stack(audios)
-        return batch
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode(ids, skip_special_tokens=True)

@@ -1,14 +1,44 @@
+from dataclasses import dataclass
+
 import numpy as np
 import pytest
 import torch
 
-from model import AVChatModel, load_media
+from model import AVChatModel
+from model.pipeline import MediaTensors, decode, encode, preprocess, project, prompt, prompt_embeds
 
 
-def _sample(model, frames=2, audio=True, text="What is it?"):
+@dataclass
+class Sample:
+    """One prompt with its media as encoder features: what ``forward`` takes."""
+
+    input_ids: torch.Tensor
+    video_features: torch.Tensor | None
+    audio_features: torch.Tensor | None
+
+    def model_inputs(self) -> dict:
+        out = {"input_ids": self.input_ids}
+        if self.video_features is not None:
+            out["video_features"] = self.video_features
+        if self.audio_features is not None:
+            out["audio_features"] = self.audio_features
+        return out
+
+
+def _tensors(model, frames=2, audio=True) -> MediaTensors:
     f = np.random.default_rng(0).integers(0, 255, (frames, 384, 384, 3), dtype=np.uint8) if frames else None
     a = np.random.default_rng(1).standard_normal(16000 * 2).astype(np.float32) * 0.1 if audio else None
-    return model.processor([{"role": "user", "content": text}], frames=f, audio=a)
+    proc = model.processor
+    return MediaTensors(proc.pixel_values(f) if f is not None else None, proc.audio_features(a) if a is not None else None)
+
+
+def _sample(model, frames=2, audio=True, text="What is it?") -> Sample:
+    tensors = _tensors(model, frames, audio)
+    features = encode(model, [tensors])[0]
+    has_media = features.video is not None or features.audio is not None
+    p = prompt(model.processor, [{"role": "user", "content": text}], features if has_media else None)
+    return Sample(torch.tensor([p.ids]), None if features.video is None else features.video[None],
+                  None if features.audio is None else features.audio[None])
 
 
 def _logits(model, sample):
@@ -39,15 +69,15 @@ def test_placeholder_and_feature_count_mismatch_raises(tiny):
     ids = sample.input_ids.clone()
     ids[0, (ids[0] == tiny.config.video_token_id).nonzero()[0]] = 5  # one <video> token fewer
     with pytest.raises(ValueError, match="video placeholders and features do not match: 828"):
-        tiny(input_ids=ids, pixel_values_videos=sample.pixel_values_videos, input_features=sample.input_features)
+        tiny(input_ids=ids, video_features=sample.video_features, audio_features=sample.audio_features)
     with pytest.raises(ValueError, match="audio placeholders"):
-        tiny(input_ids=sample.input_ids, pixel_values_videos=sample.pixel_values_videos)
+        tiny(input_ids=sample.input_ids, video_features=sample.video_features)
 
 
 def test_short_clips_zero_pad_the_frame_tokens(tiny):
     pixels = tiny.processor.pixel_values(np.random.default_rng(0).integers(0, 255, (3, 384, 384, 3), dtype=np.uint8))
     with torch.no_grad():
-        feats = tiny.get_video_features(pixels[None])[0]  # (829, H)
+        feats = project(tiny, encode(tiny, [MediaTensors(pixels, None)]))[0].video  # (829, H)
         zero = tiny.vision_projector(torch.zeros(tiny.config.vision_config.hidden_size))
     assert feats.shape == (829, tiny.config.hidden_size)
     assert torch.allclose(feats[3:100], zero.expand(97, -1), atol=1e-6)  # padded frame tokens
@@ -55,12 +85,19 @@ def test_short_clips_zero_pad_the_frame_tokens(tiny):
 
 
 def test_padded_batch_matches_single_samples(tiny):
-    a, b = _sample(tiny, frames=2), _sample(tiny, frames=4, audio=False, text="and this longer one?")
-    batch = tiny.processor.collate([a, b])
+    from training.data import Collator, Example
+    from training.trainer import encoder_features
+
+    a_t, b_t = _tensors(tiny, frames=2), _tensors(tiny, frames=4, audio=False)
+    a = prompt(tiny.processor, [{"role": "user", "content": "What is it?"}], a_t, add_generation_prompt=False)
+    b = prompt(tiny.processor, [{"role": "user", "content": "and this longer one?"}], b_t, add_generation_prompt=False)
+    batch = Collator(tiny.tokenizer.pad_token_id)([Example(a.ids, a.labels, a_t.video, a_t.audio),
+                                                   Example(b.ids, b.labels, b_t.video, None)])
     with torch.no_grad():
-        out = tiny(**batch).logits
-    assert torch.allclose(out[0, : a.input_ids.shape[1]], _logits(tiny, a)[0], atol=1e-4)
-    assert torch.allclose(out[1, : b.input_ids.shape[1]], _logits(tiny, b)[0], atol=1e-4)
+        out = tiny(**encoder_features(tiny, batch)).logits
+    assert torch.allclose(out[0, : len(a.ids)], _logits(tiny, _sample(tiny, frames=2))[0], atol=1e-4)
+    assert torch.allclose(out[1, : len(b.ids)], _logits(tiny, _sample(tiny, frames=4, audio=False,
+                                                                       text="and this longer one?"))[0], atol=1e-4)
 
 
 def test_save_and_load_round_trip_gives_identical_logits(tiny, tmp_path):
@@ -114,33 +151,36 @@ def test_bunny_projector_import(tiny_home, tmp_path):
         model.load_bunny_projector({"mm_projector.0.weight": torch.randn(h, cv)})
 
 
-@pytest.mark.parametrize("modalities", [("audio", "video"), ("video",), ("audio",), ()])
+@pytest.mark.parametrize("modalities", [("audio", "video"), ("video",), ("audio",), None])
 def test_generate_streams_tokens_for_each_modality(tiny, media_dir, modalities):
-    media = load_media(str(media_dir / "vllama_dog_barking.mp4"))
-    sample = tiny.processor([{"role": "user", "content": "What happens?"}], media, modalities=list(modalities))
-    assert sample.token_counts["audio"] == (64 if "audio" in modalities else 0)
-    assert sample.token_counts["video"] == (829 if "video" in modalities else 0)
-    stream = tiny.generate(sample, max_new_tokens=5)
+    media = decode(str(media_dir / "vllama_dog_barking.mp4"), tiny.config)
+    embeddings = project(tiny, encode(tiny, [preprocess(tiny.processor, media)]))[0] if modalities else None
+    p = prompt(tiny.processor, [{"role": "user", "content": "What happens?"}], embeddings, modalities)
+    assert p.counts["audio"] == (64 if modalities and "audio" in modalities else 0)
+    assert p.counts["video"] == (829 if modalities and "video" in modalities else 0)
+    embeds = prompt_embeds(tiny, p, embeddings)
+    stream = tiny.generate(embeds, max_new_tokens=5)
     first = next(stream)
     rest = list(stream)
     tokens = [first, *rest]
     assert 1 <= len(tokens) <= 5 and all(0 <= t < tiny.config.text_config.vocab_size for t in tokens)
-    # Greedy decoding is deterministic and matches the prompt embedding path.
-    assert list(tiny.generate(tiny.prompt_embeds(sample), max_new_tokens=5)) == tokens
+    assert list(tiny.generate(embeds, max_new_tokens=5)) == tokens  # greedy decoding is deterministic
 
 
 def test_sampling_is_reproducible_with_a_seed(tiny):
-    sample = _sample(tiny)
-    a = list(tiny.generate(sample, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7))
-    b = list(tiny.generate(sample, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7))
+    embeds = tiny.merge_media(_sample(tiny, frames=0, audio=False).input_ids)[0]
+    a = list(tiny.generate(embeds, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7))
+    b = list(tiny.generate(embeds, max_new_tokens=8, temperature=1.0, top_p=0.9, seed=7))
     assert a == b
 
 
 def test_video_without_audio_track_skips_the_audio_branch(tiny, media_dir):
-    media = load_media(str(media_dir / "vllama_birthday.mp4"))
-    sample = tiny.processor([{"role": "user", "content": "What is the boy doing?"}], media)
-    assert sample.input_features is None and sample.token_counts["audio"] == 0
-    assert tiny.prompt_embeds(sample).shape == (sample.input_ids.shape[1], tiny.config.hidden_size)
+    media = decode(str(media_dir / "vllama_birthday.mp4"), tiny.config)
+    embeddings = project(tiny, encode(tiny, [preprocess(tiny.processor, media)]))[0]
+    assert media.audio is None and embeddings.audio is None
+    p = prompt(tiny.processor, [{"role": "user", "content": "What is the boy doing?"}], embeddings)
+    assert p.counts["audio"] == 0 and p.counts["video"] == 829
+    assert prompt_embeds(tiny, p, embeddings).shape == (len(p.ids), tiny.config.hidden_size)
 
 
 def test_vision_features_come_from_the_penultimate_layer(tiny):
@@ -152,19 +192,14 @@ def test_vision_features_come_from_the_penultimate_layer(tiny):
     assert torch.allclose(ours, reference, atol=1e-5)
 
 
-def test_video_features_of_a_list_match_the_padded_batch(tiny):
+def test_videos_encoded_together_match_one_at_a_time(tiny):
     rng = np.random.default_rng(3)
     a = tiny.processor.pixel_values(rng.integers(0, 255, (5, 384, 384, 3), dtype=np.uint8))
     b = tiny.processor.pixel_values(rng.integers(0, 255, (2, 384, 384, 3), dtype=np.uint8))
-    padded = torch.zeros(2, 5, 3, 384, 384)
-    padded[0], padded[1, :2] = a, b
-    mask = torch.tensor([[True] * 5, [True, True, False, False, False]])
-    with torch.no_grad():
-        from_list = tiny.get_video_features([a, b])
-        from_batch = tiny.get_video_features(padded, mask)
-        single = tiny.get_video_features(b[None])
-    assert torch.allclose(from_list, from_batch, atol=1e-5)
-    assert torch.allclose(from_list[1], single[0], atol=1e-5)
+    together = encode(tiny, [MediaTensors(a, None), MediaTensors(b, None)])
+    alone = encode(tiny, [MediaTensors(b, None)])
+    assert torch.allclose(together[1].video, alone[0].video, atol=1e-5)
+    assert together[0].video.shape == (829, tiny.config.vision_config.hidden_size)
 
 
 def _saved_bytes_and_grads(model, sample, labels):

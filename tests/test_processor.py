@@ -2,9 +2,19 @@ import numpy as np
 import pytest
 import torch
 
-from model import AVChatProcessor, ContextLengthError, load_media
+from model import AVChatProcessor, ContextLengthError, pipeline
+from model.pipeline import MediaTensors, decode, preprocess, prompt
 from model.presets import phi2_config, tiny_config
 from model.processor import IGNORE_INDEX
+
+
+def _chat(proc, messages, frames=None, audio=None, modalities=None, max_new_tokens=0, add_generation_prompt=True):
+    """preprocess + prompt of raw frames / audio (what the processor's two halves do)."""
+    tensors = MediaTensors(proc.pixel_values(frames) if frames is not None else None,
+                           proc.audio_features(audio) if audio is not None else None)
+    has_media = frames is not None or audio is not None
+    return tensors, prompt(proc, messages, tensors if has_media else None, modalities, max_new_tokens,
+                           add_generation_prompt)
 
 
 @pytest.mark.parametrize("make", [tiny_config, phi2_config], ids=["tiny", "phi2"])
@@ -27,17 +37,25 @@ def test_phi2_preset_names_the_real_components():
 def test_every_real_clip_goes_through_the_processor(tiny, media_files):
     proc = tiny.processor
     for path in media_files:
-        media = load_media(str(path))
-        sample = proc([{"role": "user", "content": "What happens?"}], media)
-        counts = sample.token_counts
-        assert counts["audio"] == (64 if media.audio is not None else 0), path.name
-        assert counts["video"] == (829 if media.frames is not None else 0), path.name
+        media = decode(str(path), tiny.config)
+        tensors = preprocess(proc, media)
+        p = prompt(proc, [{"role": "user", "content": "What happens?"}], tensors)
+        assert p.counts["audio"] == (64 if media.audio is not None else 0), path.name
+        assert p.counts["video"] == (829 if media.frames is not None else 0), path.name
         if media.frames is not None:
-            assert sample.pixel_values_videos.shape == (1, len(media.frames.frames), 3, 384, 384)
-            assert -1.0 <= float(sample.pixel_values_videos.min()) <= float(sample.pixel_values_videos.max()) <= 1.0
+            assert tensors.video.shape == (len(media.frames.frames), 3, 384, 384)
+            assert -1.0 <= float(tensors.video.min()) <= float(tensors.video.max()) <= 1.0
         if media.audio is not None:
-            assert sample.input_features.shape == (1, 80, 3000)
-        assert sample.input_ids.shape[1] == sum(counts.values())
+            assert tensors.audio.shape == (80, 3000)
+        assert len(p.ids) == sum(p.counts.values())
+
+
+def test_the_processor_loads_alone_from_a_checkpoint_folder(tiny):
+    proc = AVChatProcessor.from_pretrained(tiny.source)
+    messages = [{"role": "user", "content": "What do you hear?"}]
+    media = MediaTensors(None, torch.zeros(80, 3000))
+    assert prompt(proc, messages, media).ids == prompt(tiny.processor, messages, media).ids
+    assert proc.video_token_id == tiny.config.video_token_id
 
 
 def test_pixel_values_use_mean_and_std_one_half(tiny):
@@ -66,9 +84,9 @@ def _learned(tokenizer, ids, labels):
 def test_labels_mask_everything_but_the_answer(tiny):
     proc = tiny.processor
     frames = np.zeros((4, 384, 384, 3), dtype=np.uint8)
-    sample = proc([{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "red"}],
-                  frames=frames, audio=np.zeros(16000, np.float32), add_generation_prompt=False, with_labels=True)
-    ids, labels = sample.input_ids[0].tolist(), sample.labels[0].tolist()
+    _, p = _chat(proc, [{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "red"}],
+                 frames=frames, audio=np.zeros(16000, np.float32), add_generation_prompt=False)
+    ids, labels = p.ids, p.labels
     learned = [i for i, l in zip(ids, labels) if l != IGNORE_INDEX]
     assert proc.tokenizer.decode(learned) == " red<|endoftext|>"
     # The learned span is the tail, and labels equal ids there.
@@ -81,8 +99,8 @@ def test_labels_in_a_multi_turn_chat(tiny):
     proc = tiny.processor
     chat = [{"role": "user", "content": "Q one"}, {"role": "assistant", "content": "first answer"},
             {"role": "user", "content": "Q two"}, {"role": "assistant", "content": "second answer"}]
-    sample = proc(chat, audio=np.zeros(16000, np.float32), add_generation_prompt=False, with_labels=True)
-    ids, labels = sample.input_ids[0].tolist(), sample.labels[0].tolist()
+    _, p = _chat(proc, chat, audio=np.zeros(16000, np.float32), add_generation_prompt=False)
+    ids, labels = p.ids, p.labels
     spans, current = [], []
     for i, l in zip(ids, labels):
         if l != IGNORE_INDEX:
@@ -92,25 +110,34 @@ def test_labels_in_a_multi_turn_chat(tiny):
             current = []
     spans.append(current)
     assert [proc.tokenizer.decode(s) for s in spans] == [" first answer<|endoftext|>", " second answer<|endoftext|>"]
-    assert sample.token_counts == {"audio": 64, "video": 0, "text": len(ids) - 64}
+    assert p.counts == {"audio": 64, "video": 0, "text": len(ids) - 64}
 
 
-def test_typed_placeholders_are_not_media(tiny):
-    sample = tiny.processor([{"role": "user", "content": "<video>\nwhat is <audio> here?"}])
-    assert sample.token_counts["audio"] == 0 and sample.token_counts["video"] == 0
+@pytest.mark.parametrize("role", ["system", "user", "assistant"])
+def test_typed_placeholders_are_not_media_in_any_role(tiny, role):
+    messages = [{"role": "user", "content": "hi"}]
+    typed = "<video>\nwhat is <audio> here?"
+    if role == "system":
+        messages.insert(0, {"role": "system", "content": typed})
+    elif role == "user":
+        messages[0]["content"] = typed
+    else:
+        messages += [{"role": "assistant", "content": typed}, {"role": "user", "content": "and?"}]
+    _, p = _chat(tiny.processor, messages, audio=np.zeros(16000, np.float32))
+    assert p.counts["audio"] == 64 and p.counts["video"] == 0  # only the real audio's placeholders
 
 
 def test_context_overflow_raises_and_says_by_how_much(tiny):
     proc = tiny.processor
     frames = np.zeros((2, 384, 384, 3), dtype=np.uint8)
-    sample = proc([{"role": "user", "content": "hi"}], frames=frames)
-    room = 2048 - sample.input_ids.shape[1]
-    proc([{"role": "user", "content": "hi"}], frames=frames, max_new_tokens=room)  # fits exactly
+    _, p = _chat(proc, [{"role": "user", "content": "hi"}], frames=frames)
+    room = 2048 - len(p.ids)
+    _chat(proc, [{"role": "user", "content": "hi"}], frames=frames, max_new_tokens=room)  # fits exactly
     with pytest.raises(ContextLengthError) as err:
-        proc([{"role": "user", "content": "hi"}], frames=frames, max_new_tokens=room + 7)
+        _chat(proc, [{"role": "user", "content": "hi"}], frames=frames, max_new_tokens=room + 7)
     assert err.value.over == 7 and "7 over" in str(err.value)
     with pytest.raises(ContextLengthError):
-        proc([{"role": "user", "content": "word " * 3000}])
+        _chat(proc, [{"role": "user", "content": "word " * 3000}])
 
 
 @pytest.mark.parametrize("messages, problem", [
@@ -122,12 +149,14 @@ def test_context_overflow_raises_and_says_by_how_much(tiny):
 ])
 def test_malformed_chats_raise(tiny, messages, problem):
     with pytest.raises(ValueError, match=problem):
-        tiny.processor(messages)
+        _chat(tiny.processor, messages)
 
 
 def test_modalities_drop_unused_streams(tiny, media_dir):
-    media = load_media(str(media_dir / "vllama_dog_barking.mp4"))
-    video_only = tiny.processor([{"role": "user", "content": "?"}], media, modalities=["video"])
-    assert video_only.input_features is None and video_only.token_counts["audio"] == 0
-    audio_only = tiny.processor([{"role": "user", "content": "?"}], media, modalities=["audio"])
-    assert audio_only.pixel_values_videos is None and audio_only.token_counts["video"] == 0
+    tensors = preprocess(tiny.processor, decode(str(media_dir / "vllama_dog_barking.mp4"), tiny.config))
+    video_only = prompt(tiny.processor, [{"role": "user", "content": "?"}], tensors, ["video"])
+    assert not video_only.audio and video_only.counts["audio"] == 0 and video_only.counts["video"] == 829
+    audio_only = prompt(tiny.processor, [{"role": "user", "content": "?"}], tensors, ["audio"])
+    assert not audio_only.video and audio_only.counts["video"] == 0 and audio_only.counts["audio"] == 64
+    with pytest.raises(pipeline.MissingStream, match="no audio stream to use"):
+        prompt(tiny.processor, [{"role": "user", "content": "?"}], MediaTensors(tensors.video, None), ["audio"])

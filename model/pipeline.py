@@ -1,0 +1,230 @@
+"""The media pipeline, one path for every caller::
+
+    decode(path)  -> Media              frames + 16 kHz audio (ffmpeg; one probe)
+    preprocess    -> MediaTensors       SigLIP pixels (F, 3, S, S), Whisper log-mel (80, 3000)
+    encode        -> EncoderFeatures    pooled SigLIP tokens (T + P, Cv), Whisper read-out (64, Ca)
+                                        (the frozen encoders' output: what training caches to disk)
+    project       -> MediaEmbeddings    (829, H), (64, H): what the service keeps per video
+    prompt        -> Prompt             token ids with the placeholders expanded, token counts
+
+The command line, the service, training data, the feature-cache builder and both evaluators
+compose these stages and nothing else. :func:`decode_steps` is the decode sequence as a
+generator of ffmpeg jobs, so a blocking caller (:func:`decode`) and the service's asyncio
+runner execute the very same steps.
+
+A stream the file lacks is simply absent from every stage: a video without a sound track gets
+no audio features and no ``<audio>`` placeholder (never silence).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .config import MODALITIES, AVChatConfig
+from .media import (AUDIO_SAMPLE_RATE, FfmpegJob, Frames, MediaInfo, MediaLimits, MissingStream, Window,
+                    audio_job, check_budget, check_file, frames_job, probe_job, run_job)
+
+
+@dataclass
+class MediaReport:
+    """What the model saw and heard of a file (the API's ``media`` object)."""
+
+    duration_s: float  # the span analysed
+    frames: int  # frames sampled
+    audio_s: float  # seconds of audio the model heard
+    audio_truncated_s: float  # seconds of the span's audio beyond the one Whisper window
+
+    def as_dict(self) -> dict:
+        return {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+
+@dataclass
+class Media:
+    """Decoded media of one file: what :func:`preprocess` needs."""
+
+    info: MediaInfo
+    frames: Frames | None
+    audio: np.ndarray | None  # 16 kHz mono float32
+    report: MediaReport
+
+
+@dataclass
+class MediaTensors:
+    video: torch.Tensor | None  # SigLIP pixel values (F, 3, S, S)
+    audio: torch.Tensor | None  # Whisper log-mel (80, 3000)
+
+
+@dataclass
+class EncoderFeatures:
+    video: torch.Tensor | None  # (num_frames + patches, Cv), before the projector
+    audio: torch.Tensor | None  # (audio_tokens, Ca)
+
+
+@dataclass
+class MediaEmbeddings:
+    video: torch.Tensor | None  # (video_tokens, H), in the LLM's embedding space
+    audio: torch.Tensor | None  # (audio_tokens, H)
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.video, self.audio) if t is not None)
+
+
+# -- decode -----------------------------------------------------------------------------------------
+
+
+def decode_steps(path: str, config: AVChatConfig, modalities: Sequence[str] | None = None,
+                 window: Window | None = None, limits: MediaLimits | None = None
+                 ) -> Generator[list[FfmpegJob], list, Media]:
+    """The decode sequence: yields the ffmpeg jobs of each step, receives their results, and
+    returns the :class:`Media`. Only the streams in ``modalities`` (default: what the model was
+    trained on) that the file has are decoded."""
+    limits = limits or MediaLimits.from_env()
+    use = set(modalities if modalities is not None else config.modalities)
+    forced = check_file(path)
+    info: MediaInfo = (yield [probe_job(path, limits, forced)])[0]
+    check_budget(info, limits)
+    start, end = (window or Window()).bounds(info) if window is not None else (0.0, info.duration)
+    want_video = "video" in use and info.has_video
+    want_audio = "audio" in use and info.has_audio and not info.is_image
+    if not want_video and not want_audio:
+        have = " and ".join(s for s, h in (("video", info.has_video), ("audio", info.has_audio)) if h) or "nothing"
+        raise MissingStream(f"{_name(path)}: has no {' or '.join(sorted(use)) or 'usable'} stream to use (it has {have})")
+    jobs = []
+    if want_video:
+        jobs.append(frames_job(path, info, config.num_frames, config.image_size, limits, window))
+    if want_audio:
+        jobs.append(audio_job(path, info, limits, config.audio_seconds, window))
+    results = yield jobs
+    frames = results[0] if want_video else None
+    if isinstance(frames, FfmpegJob):  # the keyframe plan did not hold: the full decode it asked for
+        frames = (yield [frames])[0]
+    audio = results[-1] if want_audio else None
+    span = 0.0 if info.is_image else end - start
+    heard_span = max(0.0, min(end, info.audio_end) - max(start, info.audio_start)) if want_audio else 0.0
+    heard = min(heard_span, len(audio) / AUDIO_SAMPLE_RATE) if audio is not None else 0.0
+    report = MediaReport(duration_s=span, frames=0 if frames is None else len(frames.timestamps),
+                         audio_s=heard, audio_truncated_s=max(0.0, heard_span - heard))
+    return Media(info=info, frames=frames, audio=audio, report=report)
+
+
+def run_steps(steps: Generator[list[FfmpegJob], list, Media], path: str) -> Media:
+    """Drives :func:`decode_steps` with the blocking runner."""
+    try:
+        jobs = next(steps)
+        while True:
+            jobs = steps.send([run_job(job, path) for job in jobs])
+    except StopIteration as done:
+        return done.value
+
+
+def decode(path: str, config: AVChatConfig, modalities: Sequence[str] | None = None, window: Window | None = None,
+           limits: MediaLimits | None = None) -> Media:
+    """Probes once, then decodes the frames and the audio the caller asked for."""
+    return run_steps(decode_steps(str(path), config, modalities, window, limits), str(path))
+
+
+def _name(path: str) -> str:
+    import os
+
+    return os.path.basename(path)
+
+
+# -- preprocess, encode, project ------------------------------------------------------------------
+
+
+def preprocess(processor, media: Media) -> MediaTensors:
+    pixels = processor.pixel_values(media.frames.frames) if media.frames is not None else None
+    mel = processor.audio_features(media.audio) if media.audio is not None else None
+    return MediaTensors(video=pixels, audio=mel)
+
+
+@torch.no_grad()  # not inference_mode: training feeds these features to a forward pass with gradients
+def encode(model, items: Sequence[MediaTensors]) -> list[EncoderFeatures]:
+    """Runs the frozen encoders over several files at once (frames of all videos share SigLIP
+    chunks; all clips share one Whisper batch)."""
+    device = model.device
+    videos = [(i, t.video) for i, t in enumerate(items) if t.video is not None]
+    audios = [(i, t.audio) for i, t in enumerate(items) if t.audio is not None]
+    out = [EncoderFeatures(None, None) for _ in items]
+    if videos:
+        pooled = model.pool_video([p.to(device) for _, p in videos])  # (B_v, T + P, Cv)
+        for (i, _), feats in zip(videos, pooled):
+            out[i].video = feats.clone()
+    if audios:
+        hidden = model.encode_audio(torch.stack([m for _, m in audios]).to(device))  # (B_a, 64, Ca)
+        for (i, _), feats in zip(audios, hidden):
+            out[i].audio = feats.clone()
+    return out
+
+
+@torch.inference_mode()
+def project(model, features: Sequence[EncoderFeatures]) -> list[MediaEmbeddings]:
+    out = []
+    for f in features:
+        video = model.project_video(f.video[None].to(model.device))[0] if f.video is not None else None
+        audio = model.project_audio(f.audio[None].to(model.device))[0] if f.audio is not None else None
+        out.append(MediaEmbeddings(video, audio))
+    return out
+
+
+def embed_media(model, paths: Sequence[str], modalities: Sequence[str] | None = None,
+                window: Window | None = None) -> list[tuple[Media, MediaEmbeddings]]:
+    """decode -> preprocess -> encode -> project for files on disk (the CLI and the local evaluator)."""
+    decoded = [decode(p, model.config, modalities, window) for p in paths]
+    features = encode(model, [preprocess(model.processor, m) for m in decoded])
+    return list(zip(decoded, project(model, features)))
+
+
+# -- prompt -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prompt:
+    ids: list[int]
+    labels: list[int]  # -100 except on the answers (training)
+    counts: dict[str, int]  # audio / video / text tokens
+    audio: bool  # whether the prompt holds the audio placeholders
+    video: bool
+
+
+def used(modalities: Sequence[str] | None, config: AVChatConfig) -> set[str]:
+    """The modalities a request uses: what it asked for, else what the model was trained on."""
+    use = set(modalities if modalities is not None else config.modalities)
+    bad = use - set(MODALITIES)
+    if bad:
+        raise ValueError(f"modalities takes audio and/or video, not {', '.join(sorted(bad))}")
+    return use
+
+
+def prompt(processor, messages: list[dict], media: MediaEmbeddings | EncoderFeatures | MediaTensors | None,
+           modalities: Sequence[str] | None = None, max_new_tokens: int = 0,
+           add_generation_prompt: bool = True) -> Prompt:
+    """Token ids of a chat with a placeholder for each stream the media has (any stage's
+    output: its ``video`` / ``audio``) and the request uses; raises ``ContextLengthError`` when
+    it cannot fit the context with ``max_new_tokens`` more, and ``MediaError`` when the media
+    has none of the streams asked for."""
+    use = used(modalities, processor.config)
+    present = {"video": False, "audio": False}
+    if media is not None:
+        present = {"video": media.video is not None, "audio": media.audio is not None}
+        if not any(present[m] for m in use):
+            have = " and ".join(m for m in ("video", "audio") if present[m]) or "nothing usable"
+            raise MissingStream(f"the file has no {' or '.join(sorted(use))} stream to use (it has {have})")
+    audio, video = present["audio"] and "audio" in use, present["video"] and "video" in use
+    ids, labels, counts = processor.encode_chat(messages, audio, video, add_generation_prompt=add_generation_prompt,
+                                                max_new_tokens=max_new_tokens)
+    return Prompt(ids, labels, counts, audio, video)
+
+
+@torch.inference_mode()
+def prompt_embeds(model, p: Prompt, media: MediaEmbeddings | None) -> torch.Tensor:
+    """The prompt embedding matrix ``(T, H)``: what both engines generate from."""
+    video = media.video[None] if p.video else None
+    audio = media.audio[None] if p.audio else None
+    ids = torch.tensor([p.ids], device=model.device)
+    return model.merge_media(ids, video, audio)[0]
