@@ -32,4 +32,4 @@ EXPOSE 8000
 # Loading phi2 (and compiling vLLM's graphs) takes minutes on a cold cache: a long start period.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=900s --retries=3 \
   CMD curl -fsS http://127.0.0.1:8000/ready || exit 1
-CMD ["uvicorn", "service.app:app", "--host", "0.0.0.0", "--port", "8000"]
+CMD ["python", "-m", "service", "--host", "0.0.0.0", "--port", "8000"]

@@ -4,6 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PORT ?= 8000
 CLIP ?= model/demo/sample.mp4
 QUESTION ?= What colour is the square, and what do you hear?
 
@@ -29,10 +30,10 @@ install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
 demo: install
-	PY=$(PY) CLIP="$(CLIP)" QUESTION="$(QUESTION)" scripts/demo.sh
+	PY=$(PY) PORT=$(PORT) CLIP="$(CLIP)" QUESTION="$(QUESTION)" scripts/demo.sh
 
 serve: install
-	$(PY) -m uvicorn service.app:app --host 0.0.0.0 --port 8000
+	$(PY) -m service --host 0.0.0.0 --port $(PORT)
 
 ask: install
 	$(PY) -m model ask "$(CLIP)" "$(QUESTION)"

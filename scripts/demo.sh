@@ -8,7 +8,7 @@ PORT=${PORT:-8000}
 CLIP=${CLIP:-model/demo/sample.mp4}
 QUESTION=${QUESTION:-What colour is the square, and what do you hear?}
 
-"$PY" -m uvicorn service.app:app --host 127.0.0.1 --port "$PORT" &
+"$PY" -m service --host 127.0.0.1 --port "$PORT" &
 server=$!
 trap 'kill $server 2>/dev/null || true' EXIT INT TERM
 for _ in $(seq 1 300); do
@@ -18,7 +18,7 @@ for _ in $(seq 1 300); do
 done
 echo
 echo "POST /v1/video/chat  video=$CLIP  prompt=\"$QUESTION\""
-curl -fsS "http://127.0.0.1:$PORT/v1/video/chat" -F "video=@$CLIP" -F "prompt=$QUESTION" -F max_tokens=32 -F temperature=0 \
+curl -fsS "http://127.0.0.1:$PORT/v1/video/chat" -F "video=@$CLIP" -F "prompt=$QUESTION" -F max_tokens=32 \
   | "$PY" -c '
 import json, sys
 r = json.load(sys.stdin)

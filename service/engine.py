@@ -1,21 +1,25 @@
-"""Generation engines behind one small interface.
+"""Generation engines behind one small interface, and the transformers engine.
 
 An engine takes a prompt embedding matrix ``(T, H)`` (media features already merged into the
 text embeddings) and streams text deltas. ``generate`` is an async iterator; leaving it early
-(the client went away) stops the work. The vLLM engine implements the same interface.
+(client gone, timeout) stops the work: no token is computed for a request that has ended. The
+vLLM engine (``vllm_engine.py``) implements the same interface; ``engines.py`` picks one.
 """
 
 from __future__ import annotations
 
 import abc
 import asyncio
-import logging
 import threading
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+
+from model.generation import TextStream
+
+from .metrics import METRICS
 
 
 @dataclass
@@ -42,51 +46,8 @@ class Engine(abc.ABC):
                  ) -> AsyncIterator[Delta]:
         """Streams deltas; the last one has a finish_reason."""
 
-    async def abort(self, request_id: str) -> None:  # noqa: B027 - optional
-        """Stops a running generation (also done by leaving the iterator)."""
-
     async def close(self) -> None:  # noqa: B027 - optional
         pass
-
-
-class TextStream:
-    """Incremental detokenisation with stop strings: emits only text that is final (no half
-    multi-byte character, nothing that might still turn into a stop string)."""
-
-    def __init__(self, tokenizer, stop: list[str], eos_token_id: int | None):
-        self.tokenizer, self.stop, self.eos = tokenizer, [s for s in stop if s], eos_token_id
-        self.ids: list[int] = []
-        self.emitted = ""
-        self.finish_reason: str | None = None
-
-    def push(self, token: int) -> str:
-        if token == self.eos:
-            self.finish_reason = "stop"
-            return self._flush(self._text())
-        self.ids.append(token)
-        text = self._text()
-        if text.endswith("\ufffd"):
-            return ""
-        for s in self.stop:
-            at = text.find(s, max(0, len(self.emitted) - len(s)))
-            if at >= 0:
-                self.finish_reason = "stop"
-                return self._flush(text[:at])
-        hold = max((k for s in self.stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
-        return self._flush(text[: len(text) - hold])
-
-    def finish(self) -> str:
-        """At max_tokens: whatever is held back is final now."""
-        self.finish_reason = self.finish_reason or "length"
-        return self._flush(self._text().rstrip("\ufffd"))
-
-    def _text(self) -> str:
-        return self.tokenizer.decode(self.ids, skip_special_tokens=True)
-
-    def _flush(self, upto: str) -> str:
-        delta = upto[len(self.emitted):] if upto.startswith(self.emitted) else ""
-        self.emitted = max(self.emitted, upto, key=len)
-        return delta
 
 
 class TransformersEngine(Engine):
@@ -98,26 +59,30 @@ class TransformersEngine(Engine):
     def __init__(self, model, max_concurrency: int = 4):
         self.model = model
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="generate")
-        self._cancel: dict[str, threading.Event] = {}
+        self._cancels: set[threading.Event] = set()
 
     async def generate(self, request_id, prompt_embeds, params):
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
-        cancel = self._cancel[request_id] = threading.Event()
+        cancel = threading.Event()
+        self._cancels.add(cancel)
         put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
         tokenizer = self.model.tokenizer
 
         def work() -> None:
+            if cancel.is_set():  # ended while it waited for a thread
+                return
+            METRICS.engine_running.inc()
             stream = TextStream(tokenizer, params.stop, tokenizer.eos_token_id)
             count = 0
+            tokens = None
             try:
                 with torch.inference_mode():
+                    seed = None if params.seed is None else params.seed % 2**64
                     tokens = self.model.generate(prompt_embeds, max_new_tokens=params.max_tokens,
-                                                 temperature=params.temperature, top_p=params.top_p,
-                                                 seed=params.seed)
+                                                 temperature=params.temperature, top_p=params.top_p, seed=seed)
                     for token in tokens:
                         if cancel.is_set():
-                            tokens.close()
                             return
                         count += 1
                         text = stream.push(token)
@@ -129,6 +94,10 @@ class TransformersEngine(Engine):
                 put(Delta(stream.finish(), count, stream.finish_reason))
             except BaseException as exc:  # surfaces in the request, not in a log nobody reads
                 put(exc)
+            finally:
+                if tokens is not None:
+                    tokens.close()
+                METRICS.engine_running.dec()
 
         future = loop.run_in_executor(self._pool, work)
         try:
@@ -141,37 +110,11 @@ class TransformersEngine(Engine):
                     break
         finally:
             cancel.set()
-            self._cancel.pop(request_id, None)
+            self._cancels.discard(cancel)
             if not future.done():
                 future.add_done_callback(lambda f: f.exception())
 
-    async def abort(self, request_id):
-        event = self._cancel.get(request_id)
-        if event is not None:
-            event.set()
-
     async def close(self):
-        for event in self._cancel.values():
+        for event in list(self._cancels):
             event.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
-
-
-def create_engine(kind: str, model, settings) -> Engine:
-    """``auto`` picks vLLM when it is importable and starts, else transformers."""
-    if kind in ("vllm", "auto"):
-        try:
-            from .vllm_engine import VLLMEngine
-
-            import vllm  # noqa: F401
-        except ImportError:
-            if kind == "vllm":
-                raise RuntimeError("AVCHAT_ENGINE=vllm but vLLM is not installed (pip install '.[vllm]')") from None
-        else:
-            try:
-                return VLLMEngine.from_model(model, settings)
-            except Exception as exc:
-                if kind == "vllm":
-                    raise
-                logging.getLogger("avchat.engine").warning(
-                    "vLLM is installed but did not start (%s); using the transformers engine", exc)
-    return TransformersEngine(model, settings.max_concurrency)

@@ -1,56 +1,113 @@
-"""User-facing errors as exceptions; the app turns them into OpenAI error bodies at the edge."""
+"""Errors a client can cause, raised as plain exceptions where they happen, and the one table at
+the edge that turns each into an HTTP status and an OpenAI error body.
+
+Deep code raises domain errors (this module's, and ``model``'s ``MediaError``,
+``ContextLengthError``, ...) without knowing about HTTP; :func:`describe` maps any exception
+to (status, body, headers), for JSON answers and for errors inside a started stream alike.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
+from model.media import InvalidWindow, MediaError, MediaLimitError, NotAContainerError
+from model.processor import ContextLengthError
+
 
 class ServiceError(Exception):
-    status = 500
-    type = "server_error"
+    """A client-caused problem: the message says what to change; ``param`` names the field."""
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
                  headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message, self.param, self.code, self.headers = message, param, code, headers or {}
 
-    def body(self) -> dict:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+class BadParameter(ServiceError):
+    """A field has a value the service cannot use."""
 
 
-class BadRequest(ServiceError):
-    status, type = 400, "invalid_request_error"
+class MalformedBody(ServiceError):
+    """The body is not well-formed multipart or JSON."""
+
+
+class InvalidFields(ServiceError):
+    """Fields fail validation (wrong type, out of range, unknown)."""
 
 
 class Unauthorized(ServiceError):
-    status, type = 401, "authentication_error"
+    """No key, or a key the service does not know."""
 
 
-class NotFound(ServiceError):
-    status, type = 404, "not_found_error"
+class UnknownVideo(ServiceError):
+    """A video_id or uuid this caller never uploaded (or that has expired)."""
 
 
-class PayloadTooLarge(ServiceError):
-    status, type = 413, "payload_too_large"
+class UploadTooLarge(ServiceError):
+    """A body or file over its limit."""
 
 
-class UnsupportedMedia(ServiceError):
-    status, type = 415, "unsupported_media_type"
+class UploadTooSlow(ServiceError):
+    """A body arriving slower than the minimum transfer rate."""
 
 
-class Unprocessable(ServiceError):
-    status, type = 422, "invalid_request_error"
+class FetchRefused(ServiceError):
+    """A video URL the service will not fetch, or could not."""
 
 
-class Overloaded(ServiceError):
-    status, type = 503, "overloaded_error"
+class AtCapacity(ServiceError):
+    """Every place (generation or upload) is taken."""
 
 
 class NotReady(ServiceError):
-    status, type = 503, "service_unavailable"
+    """The model is still loading, or failed to."""
 
 
-class Timeout(ServiceError):
-    status, type = 504, "timeout_error"
+class RequestTimedOut(ServiceError):
+    """The request ran past the request timeout."""
 
 
 class ClientGone(Exception):
     """The client disconnected; the work for it was cancelled."""
+
+
+# exception type -> (HTTP status, OpenAI error type, default code). The first match wins, so
+# subclasses come before their bases.
+ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
+    (BadParameter, 400, "invalid_request_error", None),
+    (MalformedBody, 400, "invalid_request_error", "malformed_body"),
+    (FetchRefused, 400, "invalid_request_error", "fetch_failed"),
+    (ContextLengthError, 400, "invalid_request_error", "context_length_exceeded"),
+    (InvalidWindow, 400, "invalid_request_error", "invalid_window"),
+    (MediaLimitError, 400, "invalid_request_error", "media_over_limit"),
+    (Unauthorized, 401, "authentication_error", "invalid_api_key"),
+    (UnknownVideo, 404, "not_found_error", "video_not_found"),
+    (UploadTooSlow, 408, "timeout_error", "upload_too_slow"),
+    (UploadTooLarge, 413, "payload_too_large", "upload_too_large"),
+    (NotAContainerError, 415, "unsupported_media_type", "not_a_video"),
+    (MediaError, 415, "unsupported_media_type", "invalid_media"),
+    (InvalidFields, 422, "invalid_request_error", None),
+    (ClientGone, 499, "client_closed", None),
+    (AtCapacity, 503, "overloaded_error", None),
+    (NotReady, 503, "service_unavailable", None),
+    (RequestTimedOut, 504, "timeout_error", None),
+]
+_PARAMS = {ContextLengthError: "max_tokens", InvalidWindow: "start", MediaError: "video"}
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    """The OpenAI error object; every error the service sends, JSON or in a stream, is one."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
+    """(status, body, headers) for any exception; unexpected ones are a 500 that hides the text
+    (the log has it)."""
+    for kind, status, type_, code in ERROR_TABLE:
+        if isinstance(exc, kind):
+            if isinstance(exc, ServiceError):
+                return status, error_body(exc.message, type_, exc.param, exc.code or code), exc.headers
+            message = "client closed the request" if isinstance(exc, ClientGone) else str(exc)
+            param = next((p for k, p in _PARAMS.items() if isinstance(exc, k)), None)
+            return status, error_body(message, type_, param, code), {}
+    return 500, error_body("internal error; see the service log", "server_error"), {}

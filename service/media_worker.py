@@ -1,18 +1,23 @@
-"""From an uploaded file to projected media features, shared by all requests.
+"""How the service runs the media pipeline (``model.pipeline``) for many requests at once.
 
-* ffmpeg runs in asyncio subprocesses, at most ``max_parallel_decodes`` at once; a subprocess is
-  killed when its request is cancelled (client gone) or runs past the ffmpeg timeout.
-* SigLIP and Whisper run in one encoder thread; requests that arrive within a short window are
-  encoded together (up to ``encoder_max_batch`` videos per batch).
-* Features are cached by content hash and preprocessing config (LRU under a byte budget), so a
-  follow-up question about the same video skips decoding and encoding; the hash is the
-  ``video_id`` the API hands out.
+* decode: ffmpeg runs in asyncio subprocesses, at most ``max_parallel_decodes`` files at once,
+  each under the media budgets; a subprocess is killed when its request is cancelled (client
+  gone) or runs past the ffmpeg timeout. Probe output is parsed in a worker thread as it
+  streams, so a file with a million packets never stalls the event loop.
+* encode + project: SigLIP and Whisper run in one encoder thread; requests that arrive within
+  a short window are encoded together (up to ``encoder_max_batch`` files per batch).
+* the cache: projected embeddings per video (LRU under a byte budget), so a follow-up question
+  skips decoding and encoding. A video belongs to the key that uploaded it: its ``video_id`` is
+  an HMAC of the key, the content and the analysed window under a server secret, outsiders
+  cannot compute it, another key's lookup is a plain miss, and nothing is shared across keys
+  (not even timing).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import hmac
 import json
 import logging
 import subprocess
@@ -23,153 +28,157 @@ from dataclasses import dataclass
 
 import torch
 
-from model import media as mediafile
-from model.media import MediaError
+from model import pipeline
+from model.media import FfmpegJob, OutputCollector, Window, cap_memory, timeout_error
+from model.pipeline import Media, MediaEmbeddings, MediaReport, MediaTensors
 
-from .errors import BadRequest, UnsupportedMedia
 from .metrics import METRICS
 
 log = logging.getLogger("avchat.media")
 
 
 @dataclass
-class VideoFeatures:
-    """Projected features of one file: what the prompt's placeholders are filled with."""
-
+class CachedMedia:
+    owner: str
     video_id: str
-    video: torch.Tensor | None  # (video_tokens, H)
-    audio: torch.Tensor | None  # (audio_tokens, H)
-    duration: float
+    embeddings: MediaEmbeddings
+    report: MediaReport
 
     @property
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.video, self.audio) if t is not None)
+        return self.embeddings.nbytes
 
 
 class FeatureCache:
-    """LRU of ``VideoFeatures`` under a byte budget."""
+    """LRU of :class:`CachedMedia` under a byte budget, plus each owner's uuid aliases."""
+
+    MAX_ALIASES = 100_000
 
     def __init__(self, budget_bytes: int):
         self.budget = budget_bytes
         self.used = 0
-        self._items: OrderedDict[str, VideoFeatures] = OrderedDict()
+        self._items: OrderedDict[str, CachedMedia] = OrderedDict()
+        self._aliases: OrderedDict[tuple[str, str], str] = OrderedDict()
 
-    def get(self, key: str) -> VideoFeatures | None:
-        item = self._items.get(key)
-        if item is None:
+    def get(self, owner: str, video_id: str) -> CachedMedia | None:
+        """The entry, if this owner has it (another owner's is reported as absent)."""
+        video_id = self._aliases.get((owner, video_id), video_id)
+        item = self._items.get(video_id)
+        if item is None or not hmac.compare_digest(item.owner, owner):
             METRICS.cache.labels("miss").inc()
             return None
-        self._items.move_to_end(key)
+        self._items.move_to_end(video_id)
         METRICS.cache.labels("hit").inc()
         return item
 
-    def put(self, key: str, item: VideoFeatures) -> None:
+    def put(self, item: CachedMedia) -> None:
         if item.nbytes > self.budget:
             return
-        if key in self._items:
-            self.used -= self._items.pop(key).nbytes
-        self._items[key] = item
+        if item.video_id in self._items:
+            self.used -= self._items.pop(item.video_id).nbytes
+        self._items[item.video_id] = item
         self.used += item.nbytes
         while self.used > self.budget:
             _, old = self._items.popitem(last=False)
             self.used -= old.nbytes
 
+    def alias(self, owner: str, name: str, video_id: str) -> None:
+        self._aliases[(owner, name)] = video_id
+        self._aliases.move_to_end((owner, name))
+        while len(self._aliases) > self.MAX_ALIASES:
+            self._aliases.popitem(last=False)
+
     def __len__(self) -> int:
         return len(self._items)
 
 
-async def run_job(job: mediafile.FfmpegJob, path: str, timeout: float):
+async def run_job(job: FfmpegJob, path: str):
     """Runs an ffmpeg job as an asyncio subprocess; kills it on timeout or cancellation."""
     proc = await asyncio.create_subprocess_exec(*job.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                                 stderr=subprocess.PIPE)
+    cap_memory(proc.pid, job.limits)
+    out = OutputCollector(job)
+
+    async def pump(stream, sink, in_thread: bool) -> None:
+        while data := await stream.read(1 << 20):
+            if in_thread:
+                await asyncio.to_thread(sink, data)
+            else:
+                sink(data)
+
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        await asyncio.wait_for(asyncio.gather(pump(proc.stdout, out.on_stdout, job.consume is not None),
+                                              pump(proc.stderr, out.on_stderr, False), proc.wait()),
+                               job.limits.timeout)
     except BaseException as exc:
         if proc.returncode is None:
             proc.kill()
             await asyncio.shield(proc.wait())
         if isinstance(exc, asyncio.TimeoutError):
-            raise mediafile.timeout_error(path, timeout, job.what) from None
+            raise timeout_error(path, job.limits.timeout, job.what) from None
         raise
-    return job.parse(proc.returncode, out, err)
+    return await asyncio.to_thread(job.parse, out.result(proc.returncode))
 
 
 class MediaWorker:
     def __init__(self, model, settings):
         self.model = model
-        self.processor = model.processor
         self.settings = settings
+        self.limits = settings.media_limits
         self.cache = FeatureCache(settings.feature_cache_bytes)
         self._decodes = asyncio.Semaphore(settings.max_parallel_decodes)
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
-        self._pending: list[tuple[torch.Tensor | None, torch.Tensor | None, asyncio.Future]] = []
+        self._pending: list[tuple[MediaTensors, asyncio.Future]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
         self._busy = False
         cfg = model.config
-        self._prep_key = json.dumps({"model": str(getattr(model, "source", None) or settings.model),
-                                     "frames": cfg.num_frames, "size": cfg.image_size,
-                                     "audio_s": cfg.audio_seconds, "layer": cfg.vision_feature_layer,
-                                     "audio_tokens": cfg.audio_tokens}, sort_keys=True)
+        self._prep = json.dumps({"model": str(getattr(model, "source", None) or settings.model),
+                                 "frames": cfg.num_frames, "size": cfg.image_size, "audio_s": cfg.audio_seconds,
+                                 "layer": cfg.vision_feature_layer, "audio_tokens": cfg.audio_tokens}, sort_keys=True)
 
-    def cache_key(self, video_id: str) -> str:
-        return video_id + "|" + hashlib.sha256(self._prep_key.encode()).hexdigest()[:16]
+    def video_id(self, owner: str, sha256: str, window: Window | None) -> str:
+        span = "" if window is None else f"{window.start:g}-{window.end if window.end is not None else ''}"
+        message = "\0".join((owner, sha256, self._prep, span)).encode()
+        return "vid-" + hmac.new(self.settings.secret.encode(), message, hashlib.sha256).hexdigest()[:40]
 
-    def lookup(self, video_id: str) -> VideoFeatures | None:
-        return self.cache.get(self.cache_key(video_id))
+    def lookup(self, owner: str, video_id: str) -> CachedMedia | None:
+        return self.cache.get(owner, video_id)
 
-    async def features(self, path: str, video_id: str) -> VideoFeatures:
-        """Cached features of a file, or decode and encode it."""
-        cached = self.lookup(video_id)
+    async def features(self, path: str, sha256: str, owner: str, window: Window | None = None) -> CachedMedia:
+        """Cached embeddings of a file for this owner, or decode, encode and project it."""
+        video_id = self.video_id(owner, sha256, window)
+        cached = self.cache.get(owner, video_id)
         if cached is not None:
             return cached
-        frames, audio, duration = await self._decode(path)
-        pixels, mel = await asyncio.to_thread(self._preprocess, frames, audio)
-        video, audio_feats = await self._encode(pixels, mel)
-        item = VideoFeatures(video_id=video_id, video=video, audio=audio_feats, duration=duration)
-        self.cache.put(self.cache_key(video_id), item)
+        media = await self.decode(path, window)
+        tensors = await asyncio.to_thread(pipeline.preprocess, self.model.processor, media)
+        item = CachedMedia(owner, video_id, await self._encode(tensors), media.report)
+        self.cache.put(item)
         return item
 
     # -- decoding -------------------------------------------------------------------------------
 
-    async def _decode(self, path: str):
-        cfg, timeout = self.model.config, self.settings.ffmpeg_timeout_s
+    async def decode(self, path: str, window: Window | None) -> Media:
         start = time.perf_counter()
-        try:
-            async with self._decodes:
-                info = await run_job(mediafile.probe_job(path), path, timeout)
-                if info.duration > self.settings.max_video_seconds:
-                    raise BadRequest(f"the video is {info.duration:.0f} s long; this service takes at most "
-                                     f"{self.settings.max_video_seconds:.0f} s", param="video",
-                                     code="video_too_long")
-                jobs = []
-                if info.has_video and "video" in cfg.modalities:
-                    jobs.append(mediafile.frames_job(path, info, cfg.num_frames, cfg.image_size))
-                if info.has_audio and "audio" in cfg.modalities:
-                    jobs.append(mediafile.audio_job(path, cfg.audio_seconds))
-                if not jobs:
-                    raise MediaError("the file has no stream this model can use "
-                                     f"(it takes {' and '.join(cfg.modalities)})")
-                results = await asyncio.gather(*(run_job(job, path, timeout) for job in jobs))
-        except MediaError as exc:
-            raise UnsupportedMedia(_without_path(str(exc), path), param="video", code="invalid_media") from None
-        frames = next((r for r in results if isinstance(r, mediafile.Frames)), None)
-        audio = next((r for r in results if not isinstance(r, mediafile.Frames)), None)
+        async with self._decodes:
+            steps = pipeline.decode_steps(path, self.model.config, None, window, self.limits)
+            try:
+                jobs = next(steps)
+                while True:
+                    jobs = steps.send(list(await asyncio.gather(*(run_job(job, path) for job in jobs))))
+            except StopIteration as done:
+                media = done.value
         METRICS.decode_seconds.observe(time.perf_counter() - start)
-        return frames, audio, info.duration
-
-    def _preprocess(self, frames, audio):
-        pixels = self.processor.pixel_values(frames.frames) if frames is not None else None
-        mel = self.processor.audio_features(audio) if audio is not None else None
-        return pixels, mel
+        return media
 
     # -- batched encoding -----------------------------------------------------------------------
 
-    async def _encode(self, pixels, mel):
+    async def _encode(self, tensors: MediaTensors) -> MediaEmbeddings:
         # Requests that arrive while the encoder is busy wait and go in the next batch together;
         # an idle encoder waits one short window for company.
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._pending.append((pixels, mel, future))
+        self._pending.append((tensors, future))
         if not self._busy:
             if len(self._pending) >= self.settings.encoder_max_batch:
                 self._flush()
@@ -185,7 +194,7 @@ class MediaWorker:
             return
         size = self.settings.encoder_max_batch
         batch, self._pending = self._pending[:size], self._pending[size:]
-        batch = [item for item in batch if not item[2].cancelled()]  # its client left while waiting
+        batch = [item for item in batch if not item[1].cancelled()]  # its client left while waiting
         if not batch:
             return self._flush()
         self._busy = True
@@ -195,11 +204,10 @@ class MediaWorker:
         loop = asyncio.get_running_loop()
         start = time.perf_counter()
         try:
-            results = await loop.run_in_executor(self._encoder, self._encode_batch,
-                                                 [(p, m) for p, m, _ in batch])
+            results = await loop.run_in_executor(self._encoder, self._encode_batch, [t for t, _ in batch])
         except Exception as exc:  # a failure fails every request of the batch, not the server
             log.exception("encoder batch failed")
-            for *_, fut in batch:
+            for _, fut in batch:
                 if not fut.done():
                     fut.set_exception(exc)
             return
@@ -209,33 +217,13 @@ class MediaWorker:
                 loop.call_soon(self._flush)
         METRICS.encode_seconds.observe(time.perf_counter() - start)
         METRICS.encoder_batch_size.observe(len(batch))
-        for (*_, fut), result in zip(batch, results):
+        for (_, fut), result in zip(batch, results):
             if not fut.done():
                 fut.set_result(result)
 
     @torch.inference_mode()
-    def _encode_batch(self, items):
-        model = self.model
-        device = model.device
-        videos = [(i, p) for i, (p, _) in enumerate(items) if p is not None]
-        audios = [(i, m) for i, (_, m) in enumerate(items) if m is not None]
-        out: list[list[torch.Tensor | None]] = [[None, None] for _ in items]
-        if videos:
-            feats = model.get_video_features([p.to(device) for _, p in videos])
-            for j, (i, _) in enumerate(videos):
-                out[i][0] = feats[j].clone()
-        if audios:
-            feats = model.get_audio_features(torch.stack([m for _, m in audios]).to(device))
-            for j, (i, _) in enumerate(audios):
-                out[i][1] = feats[j].clone()
-        return [tuple(o) for o in out]
+    def _encode_batch(self, items: list[MediaTensors]) -> list[MediaEmbeddings]:
+        return pipeline.project(self.model, pipeline.encode(self.model, items))
 
     def close(self) -> None:
         self._encoder.shutdown(wait=False, cancel_futures=True)
-
-
-def _without_path(message: str, path: str) -> str:
-    # Error messages name the server's temporary file; the client knows its file by another name.
-    import os
-
-    return message.replace(path, "the file").replace(os.path.basename(path) + ": ", "")

@@ -25,7 +25,11 @@ class Metrics:
         self.encoder_batch_size = Histogram("avchat_encoder_batch_size", "Videos per encoder batch",
                                             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32), registry=r)
         self.queue_depth = Gauge("avchat_queue_depth", "Requests waiting for a generation slot", registry=r)
-        self.active = Gauge("avchat_active_generations", "Generations running", registry=r)
+        self.active = Gauge("avchat_active_generations", "Requests holding a generation place", registry=r)
+        self.engine_running = Gauge("avchat_engine_generations_running",
+                                    "Generations the engine is computing right now (0 once every request ended)",
+                                    registry=r)
+        self.uploads = Gauge("avchat_uploads_in_progress", "Request bodies being received", registry=r)
         self.cache = Counter("avchat_feature_cache_total", "Feature cache lookups", ["result"], registry=r)
         self.aborted = Counter("avchat_generations_aborted_total", "Generations stopped because the client left",
                                registry=r)

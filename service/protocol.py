@@ -1,13 +1,28 @@
-"""Wire models, in the field order of OpenAI's Chat Completions API. Project-specific fields are
-in marked sections."""
+"""Wire models, in the field order of OpenAI's Chat Completions API (project-specific fields in
+marked sections), and the two request forms: ``POST /v1/video/chat``'s multipart form and
+``POST /v1/chat/completions``' JSON. Each becomes one :class:`ChatRequest`, whose
+``to_sampling_params()`` applies the checkpoint's generation defaults under the request's values.
+"""
 
 from __future__ import annotations
 
+import json
 import time
-import uuid
+import uuid as uuidlib
+from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from model.media import Window
+
+from .engine import SamplingParams
+from .errors import BadParameter, InvalidFields
+
+MAX_STOP_SEQUENCES = 4  # OpenAI's limit
+MAX_STOP_CHARS = 256
+SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as OpenAI's seed
+INPUT_MODALITIES = ("audio", "video")
 
 # -- responses ------------------------------------------------------------------------------------
 
@@ -15,7 +30,6 @@ from pydantic import BaseModel, ConfigDict, Field
 class _Response(BaseModel):
     # Responses always carry every field, defaults included: say so in the schema.
     model_config = ConfigDict(json_schema_serialization_defaults_required=True)
-
 
 
 class PromptTokensDetails(_Response):
@@ -33,6 +47,16 @@ class Usage(_Response):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
+class MediaInfo(_Response):
+    """What the model saw and heard of the video (an avchat extra)."""
+
+    duration_s: float = Field(description="seconds of the file analysed (the start/end window)")
+    frames: int = Field(description="frames sampled")
+    audio_s: float = Field(description="seconds of audio the model heard")
+    audio_truncated_s: float = Field(description="seconds of the window's audio it did not hear: the audio branch "
+                                                 "takes one 30 s Whisper window from `start`")
+
+
 class ChatMessage(_Response):
     role: Literal["assistant"] = "assistant"
     content: str | None = None
@@ -46,7 +70,7 @@ class Choice(_Response):
 
 
 class ChatCompletion(_Response):
-    id: str = Field(default_factory=lambda: f"chatcmpl-{uuid.uuid4().hex}")
+    id: str = Field(default_factory=lambda: f"chatcmpl-{uuidlib.uuid4().hex}")
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(default_factory=lambda: int(time.time()))
     model: str
@@ -55,6 +79,7 @@ class ChatCompletion(_Response):
     system_fingerprint: str | None = None
     # -- avchat extras --
     video_id: str | None = Field(None, description="send it back as `video_id` to ask again without uploading")
+    media: MediaInfo | None = None
 
 
 class ChoiceDelta(_Response):
@@ -79,6 +104,7 @@ class ChatCompletionChunk(_Response):
     system_fingerprint: str | None = None
     # -- avchat extras --
     video_id: str | None = None
+    media: MediaInfo | None = Field(None, description="on the last chunk")
 
 
 class ModelCard(_Response):
@@ -108,7 +134,191 @@ class ErrorResponse(_Response):
     error: ErrorDetail
 
 
-# -- requests -------------------------------------------------------------------------------------
+# -- the request, whichever route it came by --------------------------------------------------------
+
+
+@dataclass
+class MediaRef:
+    """What a request's media is: an uploaded file, a URL (data:, http(s), file://), or an
+    earlier upload by ``video_id`` or ``uuid``."""
+
+    kind: Literal["upload", "url", "video_id", "uuid"]
+    param: str  # the field it came in, for messages
+    value: str | None = None  # the URL, video_id or uuid
+    alias: str | None = None  # a uuid to register for this media
+
+
+@dataclass
+class ChatRequest:
+    messages: list[dict]
+    media: MediaRef | None
+    input_modalities: list[str] | None
+    window: Window | None
+    stream: bool
+    include_usage: bool
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    seed: int | None
+    stop: list[str]
+
+    def to_sampling_params(self, defaults: dict[str, Any], default_max_tokens: int) -> SamplingParams:
+        """The request's values over the checkpoint's generation defaults (as vLLM does)."""
+        def pick(value, key, fallback):
+            return value if value is not None else defaults.get(key, fallback)
+
+        return SamplingParams(max_tokens=pick(self.max_tokens, "max_tokens", default_max_tokens),
+                              temperature=pick(self.temperature, "temperature", 1.0),
+                              top_p=pick(self.top_p, "top_p", 1.0), seed=self.seed, stop=self.stop)
+
+
+def _check_stop(stop) -> list[str]:
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if len(stops) > MAX_STOP_SEQUENCES:
+        raise BadParameter(f"stop takes at most {MAX_STOP_SEQUENCES} sequences", param="stop")
+    for s in stops:
+        if not isinstance(s, str) or not 0 < len(s) <= MAX_STOP_CHARS:
+            raise BadParameter(f"each stop sequence is a string of 1 to {MAX_STOP_CHARS} characters", param="stop")
+    return stops
+
+
+def _check_modalities(mods, param: str) -> list[str]:
+    if isinstance(mods, str):
+        mods = [m.strip() for m in mods.replace("+", ",").split(",") if m.strip()]
+    if not isinstance(mods, list) or not mods or not all(isinstance(m, str) for m in mods):
+        raise BadParameter(f"{param} takes a list of audio and/or video", param=param)
+    bad = [m for m in mods if m not in INPUT_MODALITIES]
+    if bad:
+        raise BadParameter(f"{param} takes audio and/or video, not {', '.join(bad)}", param=param)
+    return mods
+
+
+def _window(start, end) -> Window | None:
+    if start is None and end is None:
+        return None
+    return Window(float(start or 0.0), None if end is None else float(end))
+
+
+class _Sampling(BaseModel):
+    """Sampling fields, validated the same way on both routes."""
+
+    model_config = ConfigDict(extra="forbid")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
+    start: float | None = Field(None, ge=0.0, le=1e7)
+    end: float | None = Field(None, gt=0.0, le=1e7)
+
+
+# -- POST /v1/video/chat (multipart) ----------------------------------------------------------------
+
+
+class VideoChatForm(BaseModel):
+    """Fields of ``POST /v1/video/chat`` (multipart/form-data): what the OpenAPI schema publishes."""
+
+    video: bytes | None = Field(None, description="the video (or audio) file; or send video_id")
+    image: bytes | None = Field(None, description="a still image (png, jpeg, webp, gif), read as a one-frame video")
+    video_id: str | None = Field(None, description="a video_id from an earlier answer (or a registered uuid)")
+    uuid: str | None = Field(None, description="a name for this upload, to refer to it later as video_id")
+    messages: str | None = Field(None, description="OpenAI-style messages as a JSON array (text content)")
+    prompt: str | None = Field(None, description="a single question, instead of messages")
+    stream: bool = False
+    stream_options: str | None = Field(None, description='JSON, e.g. {"include_usage": true}')
+    max_tokens: int | None = Field(None, ge=1, description="default: the checkpoint's generation config, else 256")
+    temperature: float | None = Field(None, ge=0.0, le=2.0, description="default: the checkpoint's (demo: greedy)")
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = None
+    stop: str | None = Field(None, description="a stop string, or a JSON array of up to 4")
+    input_modalities: str | None = Field(None, description="audio,video (default), video, or audio")
+    modalities: str | None = Field(None, description="the same as input_modalities (kept for older clients)")
+    start: float | None = Field(None, description="analyse from this second of the file")
+    end: float | None = Field(None, description="analyse up to this second of the file")
+
+
+FILE_FIELDS = ("video", "image")
+
+
+def parse_form(fields: dict[str, str], file_field: str | None) -> ChatRequest:
+    data = {k: v for k, v in fields.items() if v != ""}
+    unknown = set(data) - set(VideoChatForm.model_fields) - set(FILE_FIELDS)
+    if unknown:
+        raise InvalidFields(f"unknown form field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
+    stream = _form_bool(data.get("stream", "false"), "stream")
+    include_usage = False
+    if "stream_options" in data:
+        options = _form_json(data["stream_options"], "stream_options")
+        if not isinstance(options, dict):
+            raise InvalidFields("stream_options must be a JSON object", param="stream_options")
+        include_usage = _form_bool(options.get("include_usage", False), "stream_options")
+    messages = None
+    if "messages" in data:
+        messages = _form_json(data["messages"], "messages")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise InvalidFields("`messages` must be a JSON array of {role, content} objects", param="messages")
+        if "prompt" in data:
+            raise BadParameter("send either messages or prompt, not both", param="messages")
+    elif data.get("prompt", "").strip():
+        messages = [{"role": "user", "content": data["prompt"]}]
+    else:
+        raise BadParameter("ask something: send `prompt` or `messages`", param="prompt")
+    stop = data.get("stop")
+    if stop is not None and stop.startswith("["):
+        stop = _form_json(stop, "stop")
+    mods = data.get("input_modalities", data.get("modalities"))
+    if mods is not None and mods.startswith("["):
+        mods = _form_json(mods, "input_modalities")
+    sampling = _validate(_Sampling, {k: data[k] for k in _Sampling.model_fields if k in data})
+    media = _form_media(data, file_field)
+    if media is not None and media.kind != "upload" and (sampling.start is not None or sampling.end is not None):
+        raise BadParameter("start and end apply when the video itself is sent", param="start")
+    return ChatRequest(messages=messages, media=media,
+                       input_modalities=None if mods is None else _check_modalities(mods, "input_modalities"),
+                       window=_window(sampling.start, sampling.end), stream=stream, include_usage=include_usage,
+                       max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
+                       seed=sampling.seed, stop=_check_stop(stop))
+
+
+def _form_media(data: dict, file_field: str | None) -> MediaRef | None:
+    video_id = data.get("video_id")
+    if file_field is not None and video_id:
+        raise BadParameter("send either a file or a video_id, not both", param="video_id")
+    if file_field is not None:
+        return MediaRef("upload", file_field, alias=data.get("uuid"))
+    if video_id:
+        return MediaRef("video_id", "video_id", video_id)
+    if data.get("uuid"):
+        return MediaRef("uuid", "uuid", data["uuid"])
+    return None
+
+
+def _form_json(text: str, param: str):
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise InvalidFields(f"`{param}` is nested too deeply", param=param) from None
+    except json.JSONDecodeError:
+        raise InvalidFields(f"`{param}` must be JSON", param=param) from None
+
+
+def _form_bool(value, param: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+        return value.lower() in ("true", "1", "yes", "on")
+    raise InvalidFields(f"{param}: expected true or false", param=param)
+
+
+def _validate(model: type[BaseModel], data: dict) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise InvalidFields(f"{where}: {err['msg']}", param=where) from None
+
+
+# -- POST /v1/chat/completions (JSON) ---------------------------------------------------------------
 
 
 class TextPart(BaseModel):
@@ -116,19 +326,32 @@ class TextPart(BaseModel):
     text: str
 
 
-class VideoURL(BaseModel):
-    url: str
+class MediaURL(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    url: str | None = None
+    # -- avchat extras --
+    start: float | None = None
+    end: float | None = None
 
 
 class VideoURLPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
     type: Literal["video_url"]
-    video_url: VideoURL
+    video_url: MediaURL | None = None
+    uuid: str | None = Field(None, description="names this video for reuse; alone, reuses it (vLLM's convention)")
+
+
+class ImageURLPart(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["image_url"]
+    image_url: MediaURL | None = None
+    uuid: str | None = None
 
 
 class RequestMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    role: Literal["system", "user", "assistant"]
-    content: str | list[TextPart | VideoURLPart] | None = None
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart | VideoURLPart | ImageURLPart] | None = None
 
 
 class StreamOptions(BaseModel):
@@ -136,25 +359,79 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI Chat Completions; the video arrives as a ``video_url`` content part (data: URL, or
-    http(s) from an allowed host)."""
+    """OpenAI Chat Completions; the video arrives as a ``video_url`` (or ``image_url``) content
+    part: a data: URL, an http(s) URL from an allowed origin, a file:// URL under the allowed
+    local folder, or a ``uuid`` named earlier."""
 
     model_config = ConfigDict(extra="ignore")
     messages: list[RequestMessage] = Field(min_length=1)
     model: str | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    temperature: float = Field(1.0, ge=0.0, le=2.0)
-    top_p: float = Field(1.0, gt=0.0, le=1.0)
-    seed: int | None = None
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_p: float | None = Field(None, gt=0.0, le=1.0)
+    seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
+    modalities: list[str] | None = Field(None, description='output types, as in OpenAI\'s API: only ["text"]')
     # -- avchat extras --
-    modalities: list[Literal["audio", "video"]] | None = Field(
-        None, description="which streams of the video to use; default audio and video")
+    input_modalities: list[str] | None = Field(None, description="streams of the video to use; default both")
     video_id: str | None = Field(None, description="a video_id from an earlier answer instead of a video_url")
+    start: float | None = Field(None, ge=0.0, description="analyse from this second (also a field of video_url)")
+    end: float | None = Field(None, gt=0.0, description="analyse up to this second")
+
+    @field_validator("modalities")
+    @classmethod
+    def _text_only(cls, value):
+        if value is not None and value != ["text"]:
+            raise ValueError('this model answers in text: modalities must be ["text"] (choose the video\'s '
+                             "streams with input_modalities)")
+        return value
+
+    def to_chat_request(self) -> ChatRequest:
+        messages, parts = [], []
+        for m in self.messages:
+            role = "system" if m.role == "developer" else m.role
+            if isinstance(m.content, list):
+                text = [p.text for p in m.content if isinstance(p, TextPart)]
+                parts += [p for p in m.content if not isinstance(p, TextPart)]
+                messages.append({"role": role, "content": "\n".join(text)})
+            else:
+                messages.append({"role": role, "content": m.content or ""})
+        if len(parts) > 1:
+            raise BadParameter("send one video_url or image_url per conversation", param="messages")
+        media, window = None, _window(self.start, self.end)
+        if parts:
+            part = parts[0]
+            kind = "video_url" if isinstance(part, VideoURLPart) else "image_url"
+            ref = part.video_url if kind == "video_url" else part.image_url
+            if ref is not None and ref.url:
+                media = MediaRef("url", kind, ref.url, alias=part.uuid)
+                window = _window(ref.start, ref.end) or window
+            elif part.uuid:
+                media = MediaRef("uuid", "uuid", part.uuid)
+            else:
+                raise BadParameter(f"a {kind} part needs a url or a uuid", param=kind)
+        if self.video_id:
+            if media is not None:
+                raise BadParameter("send either a video_url or a video_id, not both", param="video_id")
+            media = MediaRef("video_id", "video_id", self.video_id)
+        if window is not None and media is not None and media.kind != "url":
+            raise BadParameter("start and end apply when the video itself is sent", param="start")
+        if window is not None:
+            _validate(_Sampling, {"start": window.start, "end": window.end})
+        return ChatRequest(
+            messages=messages, media=media,
+            input_modalities=None if self.input_modalities is None else _check_modalities(self.input_modalities,
+                                                                                          "input_modalities"),
+            window=window, stream=self.stream,
+            include_usage=bool(self.stream_options and self.stream_options.include_usage),
+            max_tokens=self.max_completion_tokens or self.max_tokens, temperature=self.temperature,
+            top_p=self.top_p, seed=self.seed, stop=_check_stop(self.stop))
 
 
-def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+def parse_completion_request(body: Any) -> ChatRequest:
+    if not isinstance(body, dict):
+        raise InvalidFields("the body must be a JSON object", param=None)
+    return _validate(ChatCompletionRequest, body).to_chat_request()

@@ -6,6 +6,7 @@ Lists (``AVCHAT_API_KEYS``, ``AVCHAT_ALLOWED_VIDEO_HOSTS``) are JSON arrays or c
 from __future__ import annotations
 
 import os
+import secrets
 import tempfile
 from functools import lru_cache
 from typing import Annotated, Literal
@@ -13,34 +14,60 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from model.media import MediaLimits
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AVCHAT_", extra="ignore")
 
     model: str = Field("demo", description="checkpoint folder or preset (demo, tiny, phi2)")
     served_model_name: str | None = Field(None, description="the id /v1/models reports; default: from `model`")
-    engine: Literal["auto", "transformers", "vllm"] = "auto"
+    engine: Literal["auto", "transformers", "vllm"] = Field(
+        "auto", description="auto: vLLM on a GPU when it is installed, else transformers")
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
-    max_upload_bytes: int = 512 * 1024 * 1024
-    max_video_seconds: float = 3600.0
+    # -- admission ---------------------------------------------------------------------------
     max_concurrency: int = Field(4, description="generations running at once")
     max_queue: int = Field(32, description="requests waiting beyond max_concurrency; more get 503")
-    # ffmpeg decodes are multi-threaded: about one per two cores keeps them from starving the encoders.
-    max_parallel_decodes: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) // 2)))
-    request_timeout_s: float = 300.0
-    ffmpeg_timeout_s: float = 120.0
+    max_uploads: int = Field(64, description="request bodies being received at once; more get 503")
+    upload_min_bytes: int = Field(64 * 1024, description="a body must bring at least this many bytes ...")
+    upload_rate_window_s: float = Field(10.0, description="... in every window of this many seconds, else 408")
+    header_timeout_s: float = Field(10.0, description="connections that have not sent their headers by then close")
+    request_timeout_s: float = Field(300.0, description="from a complete body to the last token; then 504")
+    drain_timeout_s: float = Field(8.0, description="on stop, requests in flight get this long (Docker waits 10 s)")
     default_max_tokens: int = 256
 
-    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    allowed_video_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    # -- request bodies ----------------------------------------------------------------------
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_form_fields: int = Field(32, description="parts of a multipart body")
+    max_field_bytes: int = Field(256 * 1024, description="bytes of one form field (the file aside)")
 
-    vllm_gpu_memory: float = Field(0.6, description="vLLM's share of GPU memory; the encoders use the rest")
+    # -- media -------------------------------------------------------------------------------
+    max_video_seconds: float = 3600.0
+    max_pixels: int = Field(4096 * 4096, description="largest frame decoded (width x height)")
+    max_packets: int = Field(1_000_000, description="most packets a file may have")
+    ffmpeg_timeout_s: float = 120.0
+    ffmpeg_threads: int = 2
+    ffmpeg_memory_bytes: int = 2 * 1024**3
+    # ffmpeg decodes are multi-threaded: about one per two cores keeps them from starving the encoders.
+    max_parallel_decodes: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) // 2)))
     feature_cache_bytes: int = 1024 * 1024 * 1024
     encoder_batch_window_ms: float = 15.0
     encoder_max_batch: int = Field(8, description="videos encoded together by SigLIP")
     temp_dir: str = Field(default_factory=lambda: tempfile.gettempdir())
+
+    # -- access ------------------------------------------------------------------------------
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    allowed_video_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="origins (https://host[:port]; a bare host means https) video_url may use")
+    allowed_local_media_path: str | None = Field(None, description="file:// video URLs may name files under it")
+    secret: str = Field(default_factory=lambda: secrets.token_hex(32), description="keys the video_id HMAC")
+    docs: Literal["auto", "on", "off"] = Field("auto", description="/docs, /redoc, /openapi.json; auto: off with keys")
+    metrics_require_key: bool = False
+    metrics_port: int = Field(0, description="serve /metrics on this port instead of the API's (0: the API's)")
+
+    vllm_gpu_memory: float = Field(0.6, description="vLLM's share of GPU memory; the encoders use the rest")
 
     @field_validator("api_keys", "allowed_video_hosts", mode="before")
     @classmethod
@@ -59,6 +86,21 @@ class Settings(BaseSettings):
         if self.served_model_name:
             return self.served_model_name
         return os.path.basename(os.path.normpath(self.model)) or self.model
+
+    @property
+    def media_limits(self) -> MediaLimits:
+        return MediaLimits(max_pixels=self.max_pixels, max_packets=self.max_packets,
+                           max_seconds=self.max_video_seconds, threads=self.ffmpeg_threads,
+                           memory_bytes=self.ffmpeg_memory_bytes, timeout=self.ffmpeg_timeout_s)
+
+    @property
+    def docs_open(self) -> bool:
+        return self.docs == "on" or (self.docs == "auto" and not self.api_keys)
+
+    @property
+    def max_json_bytes(self) -> int:
+        """A JSON body carries the video as base64 (4/3 of its size) plus small text."""
+        return self.max_upload_bytes * 4 // 3 + 1024 * 1024
 
 
 @lru_cache

@@ -1,61 +1,83 @@
-"""Getting a video onto local disk without holding it in memory: multipart uploads parsed as
-they stream in, ``data:`` URLs, and http(s) URLs from allowed hosts. Every path counts bytes and
-stops at the upload limit; the file is hashed while it is written (the hash is the video_id)."""
+"""Receiving request bodies from strangers: at a minimum rate, within limits, into bounded memory.
+
+* :class:`BodyReader` reads the raw ASGI body: it ends a body that brings fewer than
+  ``upload_min_bytes`` in a ``upload_rate_window_s`` window (408), and one over its cap (413),
+  whether or not Content-Length was sent, and notices a client that left (499).
+* Multipart bodies are parsed as they arrive: the file part streams to a temp file (hashed on
+  the way), fields are counted and capped, part headers are capped at 8 KiB.
+* JSON bodies are read whole under their cap, then parsed (nesting too deep is a 400).
+* Temp files are named after the process that wrote them, so a restart removes what a killed
+  process left behind without touching another live worker's files.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
+import glob
 import hashlib
+import json
 import os
+import re
 import tempfile
+import time
 from dataclasses import dataclass, field
-from urllib.parse import urlparse
+from typing import Any
 
+from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from .errors import BadRequest, PayloadTooLarge
+from .errors import BadParameter, ClientGone, MalformedBody, UploadTooLarge, UploadTooSlow
 
-DRAIN_LIMIT = 64 * 1024 * 1024  # past the limit, read (and drop) this much so clients see the 413
+MAX_PART_HEADER = 8 * 1024
+PREFIX = "avchat-upload-"
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
 
 
 @dataclass
 class TempVideo:
-    """A file in the service's temp folder; ``remove()`` is always called by the request."""
+    """A media file on local disk; ``remove()`` deletes it unless the service does not own it
+    (a file:// path from the allowed local folder)."""
 
     path: str
     sha256: str
     size: int
-
-    @property
-    def video_id(self) -> str:
-        return "vid-" + self.sha256[:40]
+    owned: bool = True
 
     def remove(self) -> None:
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
+        if self.owned:
+            try:
+                os.unlink(self.path)
+            except FileNotFoundError:
+                pass
 
 
-class _Writer:
-    def __init__(self, temp_dir: str, limit: int):
-        fd, self.path = tempfile.mkstemp(prefix="avchat-", suffix=".upload", dir=temp_dir)
+class TempWriter:
+    """Streams bytes to a new temp file, hashing them and enforcing the size limit."""
+
+    def __init__(self, temp_dir: str, limit: int, param: str = "video"):
+        fd, self.path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=".bin", dir=temp_dir)
         self.file = os.fdopen(fd, "wb")
         self.hash = hashlib.sha256()
-        self.size = 0
-        self.limit = limit
+        self.size, self.limit, self.param = 0, limit, param
 
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            raise PayloadTooLarge(f"the video is larger than this service's limit of {_mib(self.limit)}",
-                                  param="video", code="upload_too_large")
+            raise UploadTooLarge(f"the {self.param} is larger than this service's limit of {_mib(self.limit)}",
+                                 param=self.param)
         self.file.write(data)
         self.hash.update(data)
 
     def done(self) -> TempVideo:
         self.file.close()
+        if self.size == 0:
+            self.discard()
+            raise BadParameter(f"the {self.param} is empty", param=self.param, code="empty_file")
         return TempVideo(self.path, self.hash.hexdigest(), self.size)
 
     def discard(self) -> None:
@@ -66,159 +88,227 @@ class _Writer:
             pass
 
 
-def _mib(n: int) -> str:
-    return f"{n / 2**20:.0f} MiB" if n >= 2**20 else f"{n} bytes"
+def remove_stale_uploads(temp_dir: str) -> int:
+    """Deletes upload files whose writing process is gone (a killed worker's); returns how many."""
+    removed = 0
+    for path in glob.glob(os.path.join(temp_dir, PREFIX + "*")):
+        m = re.match(re.escape(PREFIX) + r"(\d+)-", os.path.basename(path))
+        if m is None or _alive(int(m.group(1))) and int(m.group(1)) != os.getpid():
+            continue
+        try:
+            os.unlink(path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class BodyReader:
+    """The request body as chunks, at a minimum rate and under a cap."""
+
+    def __init__(self, receive, cap: int, min_bytes: int, window_s: float, what: str = "request body"):
+        self.receive, self.cap, self.min_bytes, self.window_s, self.what = receive, cap, min_bytes, window_s, what
+        self.total = 0
+
+    async def chunks(self):
+        window_start, window_bytes = time.monotonic(), 0
+        while True:
+            remaining = self.window_s - (time.monotonic() - window_start)
+            try:
+                message = await asyncio.wait_for(self.receive(), max(remaining, 0.001))
+            except asyncio.TimeoutError:
+                message = None
+            now = time.monotonic()
+            if message is not None:
+                if message["type"] == "http.disconnect":
+                    raise ClientGone()
+                body = message.get("body", b"")
+                self.total += len(body)
+                if self.total > self.cap:
+                    raise UploadTooLarge(f"the {self.what} is larger than this service's limit of {_mib(self.cap)}")
+                window_bytes += len(body)
+            if now - window_start >= self.window_s:
+                if window_bytes < self.min_bytes and (message is None or message.get("more_body")):
+                    raise UploadTooSlow(f"the {self.what} arrived slower than {self.min_bytes} bytes per "
+                                        f"{self.window_s:g} s; send it faster or in one piece")
+                window_start, window_bytes = now, 0
+            if message is None:
+                continue
+            if body:
+                yield body
+            if not message.get("more_body", False):
+                return
+
+    async def read(self) -> bytes:
+        parts = [chunk async for chunk in self.chunks()]
+        return b"".join(parts)
 
 
 @dataclass
-class MultipartForm:
+class Form:
     fields: dict[str, str] = field(default_factory=dict)
-    video: TempVideo | None = None
+    file: TempVideo | None = None
+    file_field: str | None = None
 
 
-async def read_multipart(request, temp_dir: str, limit: int, file_field: str = "video",
-                         field_limit: int = 4 * 1024 * 1024) -> MultipartForm:
-    """Parses a multipart body as it arrives: form fields into memory (bounded), the ``video``
-    part into a temp file. Past ``limit`` it raises 413 after draining a bounded amount."""
-    ctype, params = parse_options_header(request.headers.get("content-type", ""))
+async def read_form(content_type: str, reader: BodyReader, temp_dir: str, file_limit: int,
+                    file_fields: tuple[str, ...], max_fields: int, max_field_bytes: int) -> Form:
+    """A multipart (or url-encoded) form: at most one file, which goes to a temp file."""
+    ctype, params = parse_options_header(content_type)
     if ctype == b"application/x-www-form-urlencoded":  # no file: a follow-up by video_id
-        body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > field_limit:
-                raise BadRequest("the form is too long", code="form_too_long")
         from urllib.parse import parse_qsl
 
-        return MultipartForm(fields=dict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)))
-    if ctype != b"multipart/form-data" or b"boundary" not in params:
-        raise BadRequest("send the request as multipart/form-data (a `video` file and form fields)")
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit + field_limit + DRAIN_LIMIT:
-        raise PayloadTooLarge(f"the upload is {_mib(int(declared))}; this service takes videos up to {_mib(limit)}",
-                              param="video", code="upload_too_large")
-
-    form = MultipartForm()
-    state = {"name": None, "filename": None, "header": b"", "value": b"", "headers": {}, "buf": bytearray()}
-    writer: list[_Writer] = []
-    errors: list[Exception] = []
-
-    def on_header_field(data, start, end):
-        state["header"] += data[start:end]
-
-    def on_header_value(data, start, end):
-        state["value"] += data[start:end]
-
-    def on_header_end():
-        state["headers"][state["header"].decode("latin-1").lower()] = state["value"]
-        state["header"], state["value"] = b"", b""
-
-    def on_headers_finished():
-        _, disp = parse_options_header(state["headers"].get("content-disposition", b""))
-        state["name"] = disp.get(b"name", b"").decode("utf-8", "replace")
-        state["filename"] = disp.get(b"filename")
-        state["buf"] = bytearray()
-        if state["name"] == file_field:
-            if writer:
-                errors.append(BadRequest("send one video per request", param="video"))
-                return
-            writer.append(_Writer(temp_dir, limit))
-
-    def on_part_data(data, start, end):
-        if errors:
-            return
-        chunk = data[start:end]
-        if state["name"] == file_field:
-            try:
-                writer[-1].write(chunk)
-            except PayloadTooLarge as exc:
-                errors.append(exc)
-        else:
-            state["buf"] += chunk
-            if len(state["buf"]) > field_limit:
-                errors.append(BadRequest(f"form field {state['name']!r} is too long", param=state["name"]))
-
-    def on_part_end():
-        if state["name"] != file_field and state["name"]:
-            form.fields[state["name"]] = bytes(state["buf"]).decode("utf-8", "replace")
-        state["headers"] = {}
-
-    parser = MultipartParser(params[b"boundary"], {
-        "on_header_field": on_header_field, "on_header_value": on_header_value, "on_header_end": on_header_end,
-        "on_headers_finished": on_headers_finished, "on_part_data": on_part_data, "on_part_end": on_part_end})
-    drained = 0
+        body = await reader.read()
+        pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=max_fields)
+        return Form(fields=_bounded(pairs, max_fields, max_field_bytes))
+    if ctype != b"multipart/form-data":
+        raise MalformedBody("send the request as multipart/form-data (a `video` file and form fields)")
+    boundary = params.get(b"boundary", b"")
+    if not boundary or len(boundary) > 200:
+        raise MalformedBody("the multipart body needs a boundary (1 to 200 characters) in its Content-Type")
+    parser = _FormParser(boundary, temp_dir, file_limit, file_fields, max_fields, max_field_bytes)
     try:
-        async for chunk in request.stream():
-            if errors:
-                drained += len(chunk)  # keep reading a little so the client gets our answer
-                if drained > DRAIN_LIMIT:
-                    break
-                continue
+        async for chunk in reader.chunks():
             parser.write(chunk)
-        if errors:
-            raise errors[0]
-        parser.finalize()
+        return parser.finish()
     except BaseException:
-        for w in writer:
-            w.discard()
+        parser.discard()
         raise
-    if writer:
-        video = writer[0].done()
-        if video.size == 0:
-            video.remove()
-            raise BadRequest("the uploaded video is empty", param="video", code="empty_file")
-        form.video = video
-    return form
 
 
-def save_data_url(url: str, temp_dir: str, limit: int) -> TempVideo:
+def _bounded(pairs, max_fields: int, max_field_bytes: int) -> dict[str, str]:
+    if len(pairs) > max_fields:
+        raise BadParameter(f"the form has more than {max_fields} fields", code="too_many_fields")
+    for name, value in pairs:
+        if len(value.encode()) > max_field_bytes:
+            raise BadParameter(f"form field {name!r} is longer than {_mib(max_field_bytes)}", param=name)
+    return dict(pairs)
+
+
+class _FormParser:
+    def __init__(self, boundary: bytes, temp_dir: str, file_limit: int, file_fields: tuple[str, ...],
+                 max_fields: int, max_field_bytes: int):
+        self.temp_dir, self.file_limit, self.file_fields = temp_dir, file_limit, file_fields
+        self.max_fields, self.max_field_bytes = max_fields, max_field_bytes
+        self.form = Form()
+        self.writer: TempWriter | None = None
+        self.parts = 0
+        self.ended = False
+        self.header, self.value, self.headers = b"", b"", {}
+        self.name: str = ""
+        self.buf = bytearray()
+        self.parser = MultipartParser(boundary, {
+            "on_part_begin": self._part_begin, "on_header_field": self._header_field,
+            "on_header_value": self._header_value, "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+            "on_part_end": self._part_end, "on_end": self._end}, max_size=float("inf"))
+
+    def write(self, chunk: bytes) -> None:
+        try:
+            self.parser.write(chunk)
+        except MultipartParseError as exc:
+            raise MalformedBody(f"the multipart body is malformed ({exc})") from None
+
+    def finish(self) -> Form:
+        self.parser.finalize()
+        if not self.ended:
+            raise MalformedBody("the multipart body ends before its closing boundary")
+        if self.writer is not None:
+            self.form.file = self.writer.done()
+            self.writer = None
+        return self.form
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            self.writer.discard()
+        if self.form.file is not None:
+            self.form.file.remove()
+
+    def _part_begin(self) -> None:
+        self.parts += 1
+        if self.parts > self.max_fields:
+            raise BadParameter(f"the form has more than {self.max_fields} fields", code="too_many_fields")
+        self.headers, self.header, self.value = {}, b"", b""
+
+    def _header_field(self, data, start, end) -> None:
+        self.header += data[start:end]
+        self._check_header()
+
+    def _header_value(self, data, start, end) -> None:
+        self.value += data[start:end]
+        self._check_header()
+
+    def _check_header(self) -> None:
+        if len(self.header) + len(self.value) + sum(len(k) + len(v) for k, v in self.headers.items()) > MAX_PART_HEADER:
+            raise MalformedBody(f"a multipart part's headers are longer than {MAX_PART_HEADER} bytes")
+
+    def _header_end(self) -> None:
+        self.headers[self.header.decode("latin-1").lower()] = self.value
+        self.header, self.value = b"", b""
+
+    def _headers_finished(self) -> None:
+        _, disp = parse_options_header(self.headers.get("content-disposition", b""))
+        self.name = disp.get(b"name", b"").decode("utf-8", "replace")
+        self.buf = bytearray()
+        if self.name in self.file_fields:
+            if self.writer is not None or self.form.file is not None:
+                raise BadParameter("send one video or image per request", param=self.name)
+            self.writer = TempWriter(self.temp_dir, self.file_limit, self.name)
+            self.form.file_field = self.name
+
+    def _part_data(self, data, start, end) -> None:
+        if self.name in self.file_fields:
+            self.writer.write(data[start:end])
+            return
+        self.buf += data[start:end]
+        if len(self.buf) > self.max_field_bytes:
+            raise BadParameter(f"form field {self.name!r} is longer than {_mib(self.max_field_bytes)}",
+                               param=self.name or None)
+
+    def _part_end(self) -> None:
+        if self.name and self.name not in self.file_fields:
+            self.form.fields[self.name] = bytes(self.buf).decode("utf-8", "replace")
+
+    def _end(self) -> None:
+        self.ended = True
+
+
+async def read_json(reader: BodyReader) -> Any:
+    """The parsed JSON body."""
+    body = await reader.read()
+    try:
+        return json.loads(body)
+    except RecursionError:
+        raise MalformedBody("the JSON body is nested too deeply") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise MalformedBody(f"the body is not valid JSON ({exc})") from None
+
+
+def save_data_url(url: str, temp_dir: str, limit: int, param: str) -> TempVideo:
     """``data:video/mp4;base64,...`` -> a temp file."""
     header, sep, payload = url.partition(",")
     if not sep or ";base64" not in header:
-        raise BadRequest("a data: URL video must be base64-encoded (data:video/mp4;base64,...)", param="video_url")
+        raise BadParameter("a data: URL must be base64-encoded (data:video/mp4;base64,...)", param=param)
     if len(payload) * 3 // 4 > limit:
-        raise PayloadTooLarge(f"the video is larger than this service's limit of {_mib(limit)}", param="video_url",
-                              code="upload_too_large")
+        raise UploadTooLarge(f"the {param} is larger than this service's limit of {_mib(limit)}", param=param)
     try:
         data = base64.b64decode(payload, validate=False)
     except (binascii.Error, ValueError):
-        raise BadRequest("the data: URL is not valid base64", param="video_url") from None
-    w = _Writer(temp_dir, limit)
+        raise BadParameter("the data: URL is not valid base64", param=param) from None
+    writer = TempWriter(temp_dir, limit, param)
     try:
-        w.write(data)
+        writer.write(data)
     except BaseException:
-        w.discard()
+        writer.discard()
         raise
-    video = w.done()
-    if video.size == 0:
-        video.remove()
-        raise BadRequest("the video in the data: URL is empty", param="video_url", code="empty_file")
-    return video
-
-
-async def fetch_url(url: str, allowed_hosts: list[str], temp_dir: str, limit: int, timeout: float) -> TempVideo:
-    """Downloads an http(s) video from an allow-listed host, streaming to disk."""
-    import httpx
-
-    parsed = urlparse(url)
-    host = (parsed.hostname or "").lower()
-    if parsed.scheme not in ("http", "https"):
-        raise BadRequest("video_url must be a data: URL or an http(s) URL", param="video_url")
-    if host not in {h.lower() for h in allowed_hosts}:
-        raise BadRequest(f"this service does not fetch videos from {host or 'that address'}; send the video as "
-                         "a data: URL (the operator can allow hosts with AVCHAT_ALLOWED_VIDEO_HOSTS)",
-                         param="video_url", code="host_not_allowed")
-    w = _Writer(temp_dir, limit)
-    try:
-        async with httpx.AsyncClient(timeout=timeout, follow_redirects=False) as client:
-            async with client.stream("GET", url) as resp:
-                if resp.status_code != 200:
-                    raise BadRequest(f"fetching video_url answered HTTP {resp.status_code}", param="video_url")
-                async for chunk in resp.aiter_bytes():
-                    w.write(chunk)
-    except httpx.HTTPError as exc:
-        w.discard()
-        raise BadRequest(f"could not fetch video_url: {exc}", param="video_url") from None
-    except BaseException:
-        w.discard()
-        raise
-    return w.done()
+    return writer.done()

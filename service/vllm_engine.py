@@ -16,7 +16,10 @@ import os
 
 import torch
 
+from model.generation import REPLACEMENT
+
 from .engine import Delta, Engine, SamplingParams
+from .metrics import METRICS
 
 log = logging.getLogger("avchat.vllm")
 
@@ -60,23 +63,31 @@ class VLLMEngine(Engine):
         from vllm.sampling_params import RequestOutputKind
 
         sampling = VSamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-                                   seed=params.seed, stop=params.stop or None, output_kind=RequestOutputKind.DELTA,
+                                   seed=None if params.seed is None else params.seed % 2**63,
+                                   stop=params.stop or None, output_kind=RequestOutputKind.DELTA,
                                    skip_special_tokens=True, detokenize=self.detokenize)
-        count = 0
-        # Leaving this generator (client gone) cancels vLLM's, which aborts the request.
-        async for out in self.llm.generate({"prompt_embeds": prompt_embeds.detach().cpu()}, sampling, request_id):
-            completion = out.outputs[0]
-            count += len(completion.token_ids)
-            finish = completion.finish_reason if out.finished else None
-            if finish not in (None, "stop", "length"):
-                finish = "stop"
-            if completion.text or finish or (completion.token_ids and not self.detokenize):
-                yield Delta(completion.text or "", count, finish)
-            if out.finished:
-                return
-
-    async def abort(self, request_id):
-        await self.llm.abort(request_id)
+        count, started = 0, False
+        METRICS.engine_running.inc()
+        try:
+            # Leaving this generator (client gone, timeout) cancels vLLM's, which aborts the request.
+            async for out in self.llm.generate({"prompt_embeds": prompt_embeds.detach().cpu()}, sampling, request_id):
+                completion = out.outputs[0]
+                count += len(completion.token_ids)
+                finish = completion.finish_reason if out.finished else None
+                if finish not in (None, "stop", "length"):
+                    finish = "stop"
+                # Same text rules as the transformers engine: no separator space before the answer,
+                # no U+FFFD from bytes that never form a character.
+                text = (completion.text or "").replace(REPLACEMENT, "")
+                if not started:
+                    text = text.lstrip(" ")
+                    started = bool(text)
+                if text or finish or (completion.token_ids and not self.detokenize):
+                    yield Delta(text, count, finish)
+                if out.finished:
+                    return
+        finally:
+            METRICS.engine_running.dec()
 
     async def close(self):
         self.llm.shutdown()

@@ -27,8 +27,7 @@ class Server:
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = open(log_path, "wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "uvicorn", "service.app:app", "--host", "127.0.0.1", "--port", str(self.port),
-             "--log-level", "warning"],
+            [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
             cwd=ROOT, env={**os.environ, "AVCHAT_MODEL": "tiny", **env}, stdout=self.log, stderr=subprocess.STDOUT)
         self.ready_statuses: list[int] = []
 
@@ -54,3 +53,7 @@ class Server:
         except subprocess.TimeoutExpired:
             self.proc.kill()
         self.log.close()
+
+    def log_text(self) -> str:
+        self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")

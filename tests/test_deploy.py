@@ -53,9 +53,7 @@ def test_compose_train_profile_runs_finetune_on_the_same_volumes():
 def test_dockerfile_command_and_health_check_name_things_that_exist():
     text = (ROOT / "Dockerfile").read_text()
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
-    assert cmd[0] == "uvicorn"
-    module, attr = cmd[1].split(":")
-    assert importlib.util.find_spec(module) is not None and attr == "app"
+    assert cmd[:3] == ["python", "-m", "service"] and importlib.util.find_spec("service.__main__") is not None
     health = re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (.*)", text).group(1)
     url = re.search(r"https?://\S+", health).group(0)
     assert _path_of(url) == "/ready" and "/ready" in _routes()

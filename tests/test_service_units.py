@@ -1,0 +1,103 @@
+"""Service pieces on their own: the feature cache's LRU and ownership, admission places and
+their Retry-After, and the multipart form's parsing into a request."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import torch
+
+from model.pipeline import MediaEmbeddings, MediaReport
+from service.errors import AtCapacity, BadParameter, InvalidFields, describe
+from service.media_worker import CachedMedia, FeatureCache
+from service.protocol import parse_completion_request, parse_form
+from service.serving import Admission, Places
+
+
+def _item(owner: str, video_id: str, nbytes: int) -> CachedMedia:
+    return CachedMedia(owner, video_id, MediaEmbeddings(torch.zeros(nbytes // 4), None), MediaReport(1, 1, 0, 0))
+
+
+def test_the_cache_evicts_the_least_recently_used_within_its_budget():
+    cache = FeatureCache(budget_bytes=1000)
+    for name in ("a", "b", "c"):
+        cache.put(_item("o", name, 400))
+    assert len(cache) == 2 and cache.get("o", "a") is None and cache.used == 800
+    assert cache.get("o", "b") is not None  # b is now the most recent
+    cache.put(_item("o", "d", 400))
+    assert cache.get("o", "c") is None and cache.get("o", "b") is not None
+    cache.put(_item("o", "huge", 5000))  # over the whole budget: not kept, nothing evicted for it
+    assert cache.get("o", "huge") is None and len(cache) == 2
+
+
+def test_the_cache_answers_only_the_owner_and_their_aliases():
+    cache = FeatureCache(budget_bytes=10_000)
+    cache.put(_item("alice", "vid-1", 100))
+    assert cache.get("bob", "vid-1") is None and cache.get("alice", "vid-1") is not None
+    cache.alias("alice", "holiday", "vid-1")
+    assert cache.get("alice", "holiday").video_id == "vid-1" and cache.get("bob", "holiday") is None
+
+
+def test_places_refuse_past_their_limit_with_a_retry_after_from_the_backlog():
+    places = Places(2, 1, "generations")
+    tickets = [places.take() for _ in range(3)]
+    with pytest.raises(AtCapacity) as err:
+        places.take()
+    assert err.value.headers["Retry-After"] == "1"  # nothing measured yet
+    places.average_s = 10.0
+    with pytest.raises(AtCapacity) as err:
+        places.take()
+    assert err.value.headers["Retry-After"] == "10"  # (3 - 2 + 1) x 10 s / 2 places
+    tickets[0].release()
+    tickets[0].release()  # idempotent
+    assert places.held == 2
+    places.take()
+
+
+def test_admission_runs_at_most_concurrency_generations():
+    async def run():
+        admission = Admission(concurrency=2, queue=5)
+        running, peak = 0, 0
+
+        async def one():
+            nonlocal running, peak
+            async with admission.slot():
+                running += 1
+                peak = max(peak, running)
+                await asyncio.sleep(0.01)
+                running -= 1
+
+        await asyncio.gather(*(one() for _ in range(6)))
+        return peak
+
+    assert asyncio.run(run()) == 2
+
+
+def test_the_form_becomes_a_request():
+    chat = parse_form({"prompt": "What?", "stream": "true", "stream_options": '{"include_usage": true}',
+                       "stop": '["a", "b"]', "input_modalities": "video", "start": "1.5", "end": "4",
+                       "temperature": "0.5", "seed": "7", "uuid": "clip-1"}, "video")
+    assert chat.messages == [{"role": "user", "content": "What?"}] and chat.stream and chat.include_usage
+    assert chat.stop == ["a", "b"] and chat.input_modalities == ["video"] and chat.seed == 7
+    assert (chat.window.start, chat.window.end) == (1.5, 4.0) and chat.media.alias == "clip-1"
+    params = chat.to_sampling_params({"temperature": 0.0, "max_tokens": 99}, 256)
+    assert params.temperature == 0.5 and params.max_tokens == 99  # the request's value wins, the default fills
+    assert parse_form({"prompt": "?", "modalities": "audio"}, None).input_modalities == ["audio"]  # the older name
+    follow = parse_form({"prompt": "?", "video_id": "vid-9"}, None)
+    assert follow.media.kind == "video_id" and follow.media.value == "vid-9"
+    for fields, error in (({"prompt": "?", "stop": "[1]"}, BadParameter), ({"prompt": "?", "seed": "x"}, InvalidFields),
+                          ({"messages": "[]", "prompt": "?"}, BadParameter)):
+        with pytest.raises(error):
+            parse_form(fields, "video")
+
+
+def test_openai_requests_take_output_modalities_and_input_modalities():
+    base = {"messages": [{"role": "user", "content": [{"type": "text", "text": "?"},
+                                                      {"type": "video_url", "uuid": "clip-1"}]}]}
+    chat = parse_completion_request({**base, "modalities": ["text"], "input_modalities": ["video"]})
+    assert chat.input_modalities == ["video"] and chat.media.kind == "uuid" and chat.media.value == "clip-1"
+    with pytest.raises(InvalidFields):
+        parse_completion_request({**base, "modalities": ["audio"]})
+    status, body, _ = describe(InvalidFields("x", param="modalities"))
+    assert status == 422 and body["error"]["param"] == "modalities"
