@@ -19,7 +19,8 @@ import httpx
 import pytest
 
 from tests.servers import ROOT, Server
-from training.evaluate import judge_messages, load_questions, parse_score
+from training.evaluate.judge import judge_messages, parse_score
+from training.evaluate.questions import load_questions
 
 VIDEOS = ["vllama_dog_barking", "vllama_boat", "vllava_sample_demo_1"]
 
@@ -155,7 +156,7 @@ def test_predict_judge_resume_cache_and_report(server, bench, tmp_path):
     for name, modalities in (("audio-visual", "audio,video"), ("vision-only", "video")):
         out = tmp_path / name
         for qfile in ("generic_qa.json", "temporal_qa.json", "consistency_qa.json"):
-            res = _evaluate("predict", "--questions", str(bench / qfile), "--videos", str(bench / "videos"),
+            _evaluate("predict", "--questions", str(bench / qfile), "--videos", str(bench / "videos"),
                             "--base-url", server.url, "--modalities", modalities, "--max-tokens", "6",
                             "--concurrency", "2", "--out", str(out / qfile.replace(".json", ".jsonl")))
         assert "1 videos missing" in _evaluate("predict", "--questions", str(bench / "generic_qa.json"), "--videos",
@@ -197,14 +198,41 @@ def test_predict_judge_resume_cache_and_report(server, bench, tmp_path):
     report = _evaluate("report", "--run", f"vision-only={runs['vision-only']}", "--run",
                        f"audio-visual={runs['audio-visual']}", "--out", str(tmp_path / "report"))
     table = (tmp_path / "report" / "report.md").read_text()
-    assert table.splitlines()[0] == "| model | Correctness | Detail | Context | Temporal | Consistency | Average |"
+    assert table.splitlines()[0] == ("| model | Correctness | Detail | Context | Temporal | Consistency | Average "
+                                     "| questions | judge |")
     assert "| vision-only |" in table and "| audio-visual |" in table and table in report.stdout
+    assert all(line.endswith("| 11 | fake-judge |") for line in table.splitlines()[2:])  # 6 + 3 + 2 answered
     summary = json.loads((tmp_path / "report" / "report.json").read_text())
     means = summary["audio-visual"]["means"]
     assert abs(means["average"] - sum(means[m] for m in ("correctness", "detail", "context", "temporal",
                                                           "consistency")) / 5) < 1e-9
     assert (tmp_path / "report" / "report.png").stat().st_size > 5000
     assert len(_lines(tmp_path / "report" / "samples.jsonl")) == 2 * (18 + 3 + 2)
+
+
+def test_a_metric_not_judged_is_missing_not_zero(tmp_path):
+    judged = tmp_path / "only_generic.judged.jsonl"
+    judged.write_text(json.dumps({"id": "g-0|correctness", "item": "g-0", "metric": "correctness", "score": 4,
+                                  "judge_model": "j"}) + "\n")
+    _evaluate("report", "--run", f"partial={judged}", "--out", str(tmp_path / "report"))
+    row = (tmp_path / "report" / "report.md").read_text().splitlines()[2]
+    assert row == "| partial | 4.00 | 4.00 | 1 | j |"  # only correctness (and its average) were measured
+    summary = json.loads((tmp_path / "report" / "report.json").read_text())["partial"]
+    assert "detail" not in summary["means"] and summary["answered"] == 1
+
+
+def test_an_unreachable_judge_ends_with_a_message_not_a_traceback(bench, tmp_path):
+    preds = tmp_path / "generic.jsonl"
+    preds.write_text(json.dumps({**load_questions(bench / "generic_qa.json")[0], "predictions": ["x"]}) + "\n")
+    out = _evaluate("judge", "--predictions", str(preds), "--judge-base-url", "http://127.0.0.1:9/v1",
+                    "--judge-model", "m", "--out", str(tmp_path / "j.jsonl"), check=False)
+    assert out.returncode == 3 and "did not answer" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_predict_fails_when_no_question_could_be_answered(bench, tmp_path):
+    out = _evaluate("predict", "--questions", str(bench / "generic_qa.json"), "--videos", str(tmp_path),
+                    "--base-url", "http://127.0.0.1:9", "--out", str(tmp_path / "p.jsonl"), check=False)
+    assert out.returncode == 1 and "no question could be answered" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_judge_run_killed_half_way_resumes(bench, tmp_path):

@@ -12,7 +12,8 @@ import httpx
 import numpy as np
 import pytest
 
-from model.media import load_media
+from model.pipeline import decode
+from model.presets import tiny_config
 from training.synthetic import ClipSpec, make_clip
 from tests.servers import ROOT, Server
 
@@ -20,7 +21,7 @@ from tests.servers import ROOT, Server
 @pytest.mark.parametrize("sound, band", [("a low tone", (190, 310)), ("a high tone", (1790, 2610))])
 def test_clips_show_the_colour_and_play_the_sound(tmp_path, sound, band):
     path = make_clip(ClipSpec("blue", "up and down", sound, 5), tmp_path / "c.mp4")
-    media = load_media(str(path))
+    media = decode(str(path), tiny_config())
     frames = media.frames.frames.astype(int)
     blue = (frames[..., 2] > 180) & (frames[..., 0] < 120)
     assert 0.03 < blue.mean() < 0.2  # a square, not the whole frame
@@ -29,8 +30,8 @@ def test_clips_show_the_colour_and_play_the_sound(tmp_path, sound, band):
 
 
 def test_silence_and_noise_differ_in_energy(tmp_path):
-    quiet = load_media(str(make_clip(ClipSpec("red", "sideways", "silence", 1), tmp_path / "q.mp4"))).audio
-    noise = load_media(str(make_clip(ClipSpec("red", "sideways", "noise", 1), tmp_path / "n.mp4"))).audio
+    quiet = decode(str(make_clip(ClipSpec("red", "sideways", "silence", 1), tmp_path / "q.mp4")), tiny_config()).audio
+    noise = decode(str(make_clip(ClipSpec("red", "sideways", "noise", 1), tmp_path / "n.mp4")), tiny_config()).audio
     assert np.abs(quiet).mean() < 0.01 < np.abs(noise).mean()
 
 

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+PRESET_NAMES = ("tiny", "demo", "phi2")
+
 
 @dataclass
 class TrainConfig:
@@ -22,6 +24,8 @@ class TrainConfig:
     """Where training starts: a checkpoint folder (stage 2: stage 1's output) or a preset."""
     data: list[str] = field(default_factory=list)
     """Manifests (JSON lines, LLaVA conversation format) to train on."""
+    data_root: str | None = None
+    """Where the manifests' relative media paths start (default: each manifest's own folder)."""
     output_dir: str = "runs/avchat"
     """Run folder: trainer checkpoints, TensorBoard logs, loss.png, and the exported checkpoint."""
     feature_cache: str | None = None
@@ -61,6 +65,8 @@ class TrainConfig:
     save_steps: int = 500
     save_total_limit: int = 2
     seed: int = 42
+    deterministic: bool = False
+    """Deterministic algorithms and seeded workers (transformers' full_determinism): same seed, same numbers."""
     dataloader_num_workers: int = 2
     deepspeed: str | None = None
     """A DeepSpeed config (e.g. ZeRO-2/3 JSON) for multi-GPU runs under torchrun/deepspeed."""
@@ -151,9 +157,21 @@ def validate(cfg: TrainConfig, stage: str) -> list[str]:
         problems.append(f"feature_cache: {cfg.feature_cache}: no such folder")
     if cfg.deepspeed and not os.path.exists(cfg.deepspeed):
         problems.append(f"deepspeed: {cfg.deepspeed}: no such file")
-    if not (os.path.isdir(cfg.model) or cfg.model in ("tiny", "phi2")):
-        problems.append(f"model: {cfg.model}: neither a checkpoint folder nor a preset (tiny, phi2)")
+    if cfg.data_root and not os.path.isdir(cfg.data_root):
+        problems.append(f"data_root: {cfg.data_root}: no such folder")
+    if cfg.vision_projector:
+        if stage == "pretrain":
+            problems.append("vision_projector: stage 1 does not load a projector; pass it to stage 2 (finetune)")
+        elif _looks_like_path(cfg.vision_projector) and not os.path.exists(cfg.vision_projector):
+            problems.append(f"vision_projector: {cfg.vision_projector}: no such file")
+    if not (os.path.isdir(cfg.model) or cfg.model in PRESET_NAMES):
+        problems.append(f"model: {cfg.model}: neither a checkpoint folder nor a preset ({', '.join(PRESET_NAMES)})")
     return problems
+
+
+def _looks_like_path(text: str) -> bool:
+    """A local file rather than a hub repo id (``owner/name``)."""
+    return text.startswith((".", "/", "~")) or text.endswith((".bin", ".safetensors", ".pt")) or text.count("/") > 1
 
 
 def _field_docs() -> dict[str, str]:

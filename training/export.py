@@ -34,10 +34,11 @@ def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = True
     if not config_file.exists():
         raise FileNotFoundError(f"{config_file}: missing; export needs the run's configuration")
     values = json.loads(config_file.read_text())
+    if values.get("stage") not in ("pretrain", "finetune"):
+        raise ValueError(f"{config_file} does not say which stage the run was (a run from an older release); "
+                         "add \"stage\": \"pretrain\" or \"finetune\" to it")
     cfg = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
-    stage = "finetune" if any(k.startswith("llm.") and "lora_" in k for k in load_file(ckpt / TRAINABLE_FILE)) \
-        else "pretrain"
-    model = setup(cfg, stage)
+    model = setup(cfg, values["stage"])
     state = load_file(ckpt / TRAINABLE_FILE)
     missing = set(state) - {n for n, _ in model.named_parameters()}
     if missing:

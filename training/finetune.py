@@ -11,11 +11,12 @@ from __future__ import annotations
 import sys
 
 from .config import parse_config
-from .trainer import fit
 
 
 def main(argv: list[str] | None = None) -> int:
     cfg = parse_config(sys.argv[1:] if argv is None else argv, stage="finetune")
+    from .trainer import fit  # torch and transformers load only once the arguments are valid
+
     fit(cfg, "finetune")
     return 0
 

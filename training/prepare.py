@@ -5,11 +5,19 @@ encoder feature cache.
     python -m training.prepare audiocaps --csv audiocaps/train.csv --audio-dir audiocaps/audio --out data/ac.jsonl
     python -m training.prepare videoinstruct --json VideoInstruct100K.json --videos videos/ --out data/vi.jsonl
     python -m training.prepare laion --images laion/ --out data/laion.jsonl
-    python -m training.prepare features --manifest data/vi.jsonl --model tiny --cache data/features
+
+Media paths are written relative to the data root: the manifest's folder, or ``--data-root``
+(give training the same ``--data-root``), so a manifest made on one machine works inside the
+container or on another node. The source data may be read-only: what is written (the wavs
+extracted from videos) goes to ``--audio-dir``. AudioCaps clips are full-length recordings:
+each row keeps the CSV's ``start_time`` as a 10 s window (``start``/``end``) that training
+decodes, so nothing is cut to disk.
 
 Every command shows a progress bar, works in parallel (--workers), resumes (samples already in
-the output are skipped, so rerunning the same command finishes an interrupted run) and reports
-the files it skipped (and writes them to OUT.skipped.jsonl).
+the output are skipped, so rerunning the same command finishes an interrupted run, even one
+killed mid-line) and reports the files it skipped (OUT.skipped.jsonl, rewritten each run).
+The feature cache is built by ``python -m training.features`` (``prepare features`` is the
+same command).
 """
 
 from __future__ import annotations
@@ -18,19 +26,23 @@ import argparse
 import csv
 import json
 import os
-import subprocess
 import sys
 import threading
+import wave
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 from tqdm import tqdm
 
-from model.media import MediaError, ffmpeg_exe, probe
+import numpy as np
 
-from .data import CAPTION_TEMPLATES, IMAGE_CAPTION_TEMPLATES, TRANSCRIBE_TEMPLATES, pick_template
+from model.media import AUDIO_SAMPLE_RATE, MediaError, MediaLimits, audio_job, probe, run_job
+
+from . import jsonl
+from .templates import CAPTION_TEMPLATES, IMAGE_CAPTION_TEMPLATES, TRANSCRIBE_TEMPLATES, pick_template
 
 AUDIO_EXTS = (".wav", ".flac", ".mp3", ".ogg", ".m4a", ".opus")
+AUDIOCAPS_SECONDS = 10.0
 VIDEO_EXTS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v")
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp")
 
@@ -40,35 +52,43 @@ class Skip(Exception):
 
 
 class ManifestWriter:
-    """Appends rows to a manifest as they are made; knows which ids are already there."""
+    """Appends rows to a manifest as they are made; knows which ids are already there; writes
+    media paths relative to the data root."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, data_root: str | os.PathLike | None = None):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.done: set[str] = set()
-        if self.path.exists():
-            with open(self.path, encoding="utf-8") as f:
-                for line in f:
-                    if line.strip():
-                        self.done.add(json.loads(line)["id"])
+        self.root = Path(data_root or self.path.parent).resolve()
+        self.done: set[str] = {row["id"] for row in jsonl.read(self.path)} if self.path.exists() else set()
         self.skip_path = self.path.with_suffix(self.path.suffix + ".skipped.jsonl")
+        self.skip_path.unlink(missing_ok=True)  # this run's skips only: a rerun retries them
         self._lock = threading.Lock()
         self.written = 0
         self.skipped: list[tuple[str, str]] = []
 
+    def relative(self, path: str | os.PathLike) -> str:
+        """A media path as the manifest stores it: under the data root if it is there."""
+        path = Path(path).resolve()
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
     def write(self, rows: list[dict]) -> None:
-        with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            for row in rows:
-                if row["id"] not in self.done:
-                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
-                    self.done.add(row["id"])
-                    self.written += 1
+        with self._lock:
+            new = [row for row in rows if row["id"] not in self.done]
+            for row in new:
+                for key in ("video", "audio", "image"):
+                    if row.get(key):
+                        row[key] = self.relative(row[key])
+                self.done.add(row["id"])
+            jsonl.append(self.path, new)
+            self.written += len(new)
 
     def skip(self, item: str, reason: str) -> None:
         with self._lock:
             self.skipped.append((item, reason))
-            with open(self.skip_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps({"item": item, "reason": reason}) + "\n")
+            jsonl.append(self.skip_path, [{"item": item, "reason": reason}])
 
     def report(self, what: str) -> None:
         print(f"{what}: wrote {self.written} new samples to {self.path} ({len(self.done)} in all); "
@@ -93,7 +113,7 @@ def run_parallel(jobs: list, work, writer: ManifestWriter, workers: int, desc: s
             bar.update(1)
 
 
-def _check_audio(path: str) -> None:
+def _check_audio(path: str):
     if not os.path.exists(path):
         raise Skip(f"missing file {path}")
     try:
@@ -102,6 +122,7 @@ def _check_audio(path: str) -> None:
         raise Skip(str(exc)) from None
     if not info.has_audio or info.duration <= 0:
         raise Skip(f"{path}: no audio stream")
+    return info
 
 
 def find_media(folder: Path, stems: list[str], exts: tuple[str, ...]) -> Path | None:
@@ -125,7 +146,7 @@ def commonvoice(args) -> ManifestWriter:
         rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
     if rows and not {"path", "sentence"} <= set(rows[0]):
         raise SystemExit(f"error: {tsv} needs the CommonVoice columns 'path' and 'sentence'")
-    writer = ManifestWriter(args.out)
+    writer = ManifestWriter(args.out, args.data_root)
     jobs = [(r["path"], r["sentence"]) for r in rows[: args.limit or None]
             if f"cv-{Path(r['path']).stem}" not in writer.done]
 
@@ -146,42 +167,56 @@ def commonvoice(args) -> ManifestWriter:
 
 def audiocaps(args) -> ManifestWriter:
     """AudioCaps: a CSV (audiocap_id, youtube_id, start_time, caption) and a folder of audio files
-    named by youtube_id or audiocap_id -> captioning."""
+    named by youtube_id or audiocap_id -> captioning of the 10 s from start_time (a file already
+    cut to 10 s is used whole)."""
     audio_dir = Path(args.audio_dir)
     with open(args.csv, encoding="utf-8", newline="") as f:
         rows = list(csv.DictReader(f))
     if rows and not {"audiocap_id", "youtube_id", "caption"} <= set(rows[0]):
         raise SystemExit(f"error: {args.csv} needs the AudioCaps columns audiocap_id, youtube_id, caption")
-    writer = ManifestWriter(args.out)
+    writer = ManifestWriter(args.out, args.data_root)
     jobs = [(r["audiocap_id"], r) for r in rows[: args.limit or None] if f"ac-{r['audiocap_id']}" not in writer.done]
 
     def work(job):
         cap_id, r = job
+        if not (r.get("caption") or "").strip():
+            raise Skip("empty caption")
         found = find_media(audio_dir, [r["youtube_id"], cap_id, f"Y{r['youtube_id']}"], AUDIO_EXTS)
         if found is None:
             raise Skip(f"no audio file for youtube_id {r['youtube_id']} in {audio_dir}")
-        _check_audio(str(found))
+        info = _check_audio(str(found))
         sid = f"ac-{cap_id}"
-        return [{"id": sid, "audio": str(found.resolve()), "task": "caption", "conversations": [
+        row = {"id": sid, "audio": str(found.resolve()), "task": "caption", "conversations": [
             {"from": "human", "value": "<audio>\n" + pick_template(CAPTION_TEMPLATES, sid, args.seed)},
-            {"from": "gpt", "value": r["caption"].strip()}]}]
+            {"from": "gpt", "value": r["caption"].strip()}]}
+        start = float(r.get("start_time") or 0)
+        if info.duration > AUDIOCAPS_SECONDS + 1:  # a full-length recording: its 10 s segment
+            if start >= info.duration:
+                raise Skip(f"start_time {start:g} s is past the end of {found.name} ({info.duration:.1f} s)")
+            row["start"], row["end"] = start, min(start + AUDIOCAPS_SECONDS, info.duration)
+        return [row]
 
     run_parallel(jobs, work, writer, args.workers, "audiocaps")
     return writer
 
 
-def extract_wav(video: str, wav: Path, timeout: float = 600) -> None:
-    """16 kHz mono wav of a video's sound track (the paper's preprocessing step)."""
+def extract_wav(video: str, wav: Path) -> None:
+    """16 kHz mono wav of a video's sound track (the paper's preprocessing step), decoded through
+    the same allow-listed, budgeted ffmpeg path as everything else."""
     if wav.exists() and wav.stat().st_size > 44:
         return
     wav.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        info = probe(video)
+        pcm = run_job(audio_job(video, info, MediaLimits.from_env(), max_seconds=None), video)
+    except MediaError as exc:
+        raise Skip(f"audio extraction failed: {exc}") from None
     tmp = wav.with_suffix(".tmp.wav")
-    proc = subprocess.run([ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-nostdin", "-y", "-i", video,
-                           "-map", "0:a:0", "-vn", "-ac", "1", "-ar", "16000", "-c:a", "pcm_s16le", str(tmp)],
-                          capture_output=True, timeout=timeout)
-    if proc.returncode != 0:
-        tmp.unlink(missing_ok=True)
-        raise Skip(f"audio extraction failed: {proc.stderr.decode(errors='replace').strip()[-200:]}")
+    with wave.open(str(tmp), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(AUDIO_SAMPLE_RATE)
+        w.writeframes((np.clip(pcm, -1, 1) * 32767).astype("<i2").tobytes())
     tmp.rename(wav)
 
 
@@ -236,7 +271,7 @@ def laion(args) -> ManifestWriter:
     sibling .txt file -> samples for vision-projector pretraining."""
     root = Path(args.images)
     images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
-    writer = ManifestWriter(args.out)
+    writer = ManifestWriter(args.out, args.data_root)
     jobs = [(str(p), p) for p in images[: args.limit or None]
             if f"img-{p.relative_to(root).with_suffix('')}".replace("/", "-") not in writer.done]
 
@@ -262,81 +297,12 @@ def laion(args) -> ManifestWriter:
     return writer
 
 
-def features(args) -> None:
-    """Runs the frozen encoders over every media file of the manifests, once."""
-    import torch
-
-    from model import AVChatModel
-    from model.media import extract_audio, sample_frames
-
-    from .data import read_manifest
-    from .features import FeatureStore, file_sha256
-
-    model = AVChatModel.from_pretrained(args.model, device=args.device)
-    cfg = model.config
-    store = FeatureStore(args.cache, cfg, shard_size=args.shard_size)
-    media: dict[str, set[str]] = {}
-    for manifest in args.manifest:
-        for row in read_manifest(manifest):
-            for key, kind in (("video", "video"), ("image", "video"), ("audio", "audio")):
-                if row.get(key):
-                    media.setdefault(row[key], set()).add(kind)
-            if row.get("audio_from_video") and row.get("video"):
-                media[row["video"]].add("audio")
-    skipped: list[tuple[str, str]] = []
-
-    def decode(item):
-        path, kinds = item
-        if not os.path.exists(path):
-            raise Skip("missing file")
-        key = store.key_for(path) if os.path.abspath(path) in store.index["paths"] else file_sha256(path)
-        if key in store:
-            return path, key, None
-        inputs = {}
-        try:
-            if "video" in kinds:
-                frames = sample_frames(path, cfg.num_frames, cfg.image_size).frames
-                inputs["video"] = model.processor.pixel_values(frames)
-            if "audio" in kinds:
-                audio = extract_audio(path, cfg.audio_seconds)
-                if audio is not None:
-                    inputs["audio"] = model.processor.audio_features(audio)
-                elif "video" not in kinds:
-                    raise Skip("no audio stream")
-        except MediaError as exc:
-            raise Skip(str(exc)) from None
-        return path, key, inputs
-
-    done = 0
-    with ThreadPoolExecutor(max_workers=max(1, args.workers)) as pool, tqdm(total=len(media), desc="features",
-                                                                           unit="file") as bar:
-        futures = [pool.submit(decode, item) for item in media.items()]
-        for future in as_completed(futures):
-            try:
-                path, key, inputs = future.result()
-            except Skip as exc:
-                skipped.append(("?", str(exc)))
-                bar.update(1)
-                continue
-            if inputs is not None:
-                feats = {}
-                with torch.inference_mode():
-                    if "video" in inputs:
-                        feats["video"] = model.pool_video([inputs["video"].to(model.device)])[0].float()
-                    if "audio" in inputs:
-                        feats["audio"] = model.encode_audio(inputs["audio"][None].to(model.device))[0].float()
-                store.add(path, key, feats)
-                done += 1
-            else:
-                store.add(path, key, {})
-            bar.update(1)
-    store.flush()
-    print(f"features: encoded {done} new files into {args.cache} ({len(store)} in all); skipped {len(skipped)}")
-    for item, reason in skipped[:10]:
-        print(f"  skipped: {reason}")
-
-
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["features"]:
+        from .features import main as features
+
+        return features(argv[1:])
     p = argparse.ArgumentParser(prog="python -m training.prepare", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="source", required=True)
 
@@ -346,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel workers")
         sp.add_argument("--limit", type=int, default=0, help="use only the first N source items (0: all)")
         sp.add_argument("--seed", type=int, default=0, help="seed for the instruction-template draw")
+        sp.add_argument("--data-root", default=None,
+                        help="media paths are written relative to this folder (default: the manifest's folder)")
 
     cv = sub.add_parser("commonvoice", help="CommonVoice TSV + clips -> transcription samples")
     cv.add_argument("--tsv", required=True)
@@ -363,13 +331,7 @@ def main(argv: list[str] | None = None) -> int:
     la = sub.add_parser("laion", help="img2dataset-style images + .txt captions -> image-caption samples")
     la.add_argument("--images", required=True)
     common(la)
-    fe = sub.add_parser("features", help="run the frozen encoders once over manifests' media")
-    fe.add_argument("--manifest", action="append", required=True, help="a manifest (repeat for several)")
-    fe.add_argument("--model", default="tiny", help="checkpoint folder or preset whose encoders to use")
-    fe.add_argument("--cache", required=True, help="the feature cache folder")
-    fe.add_argument("--device", default="cpu")
-    fe.add_argument("--shard-size", type=int, default=256, help="files per safetensors shard")
-    common(fe, out=False)
+    sub.add_parser("features", help="the feature cache: python -m training.features (same arguments)")
     args = p.parse_args(argv)
 
     for attr in ("tsv", "csv", "json"):
@@ -384,9 +346,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.source == "audiocaps" and not os.path.isdir(args.audio_dir):
         print(f"error: --audio-dir {args.audio_dir}: no such folder", file=sys.stderr)
         return 2
-    if args.source == "features":
-        features(args)
-        return 0
     writer = {"commonvoice": commonvoice, "audiocaps": audiocaps, "videoinstruct": videoinstruct,
               "laion": laion}[args.source](args)
     writer.report(args.source)

@@ -38,6 +38,8 @@ from pathlib import Path
 
 import numpy as np
 
+from . import charts, jsonl
+
 COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 230), "yellow": (240, 220, 40)}
 MOTIONS = ("sideways", "up and down")
 SOUNDS = ("a low tone", "a high tone", "noise", "silence")
@@ -145,21 +147,15 @@ def build(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int = 2)
                       train + test))
     paths = {"stage1": out / "stage1.jsonl", "train": out / "train.jsonl", "test": out / "test.jsonl"}
     rng = random.Random(seed)
-    with open(paths["stage1"], "w") as f:
-        for s in train:
-            f.write(json.dumps({"id": f"snd-{s.name}", "video": str(clips / f"{s.name}.mp4"), "audio_from_video": True,
-                                "conversations": [
-                                    {"from": "human", "value": "<audio>\n" + rng.choice(DESCRIBE_SOUND)},
-                                    {"from": "gpt", "value": s.sound}]}) + "\n")
+    jsonl.write(paths["stage1"], ({"id": f"snd-{s.name}", "video": f"clips/{s.name}.mp4", "audio_from_video": True,
+                                   "conversations": [{"from": "human", "value": "<audio>\n" + rng.choice(DESCRIBE_SOUND)},
+                                                     {"from": "gpt", "value": s.sound}]} for s in train))
     for split, items in (("train", train), ("test", test)):
-        with open(paths[split], "w") as f:
-            for s in items:
-                for kind, questions in QUESTIONS.items():
-                    for q, field in questions:
-                        f.write(json.dumps({"id": f"{split}-{s.name}-{field}", "video": str(clips / f"{s.name}.mp4"),
-                                            "audio_from_video": True, "kind": kind, "field": field, "conversations": [
-                                                {"from": "human", "value": "<video>\n<audio>\n" + q},
-                                                {"from": "gpt", "value": answer(s, field)}]}) + "\n")
+        jsonl.write(paths[split], ({"id": f"{split}-{s.name}-{field}", "video": f"clips/{s.name}.mp4",
+                                    "audio_from_video": True, "kind": kind, "field": field, "conversations": [
+                                        {"from": "human", "value": "<video>\n<audio>\n" + q},
+                                        {"from": "gpt", "value": answer(s, field)}]}
+                                   for s in items for kind, questions in QUESTIONS.items() for q, field in questions))
     return paths
 
 
@@ -169,32 +165,29 @@ def build(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int = 2)
 def evaluate(checkpoint: str | Path, test_manifest: Path, feature_cache: Path | None = None) -> dict:
     """Greedy answers on held-out questions; accuracy by question kind (an answer counts when
     every expected keyword, and no other option of the same field, appears in it)."""
-    import torch
-
-    from model import AVChatModel
+    from model import AVChatModel, pipeline
+    from model.generation import TextStream
 
     from .data import ManifestDataset, read_manifest, to_messages
     from .features import FeatureStore
 
     model = AVChatModel.from_pretrained(checkpoint)
     store = FeatureStore(feature_cache, model.config) if feature_cache else None
-    rows = read_manifest(test_manifest)
     data = ManifestDataset([str(test_manifest)], model.processor, model.config.modalities, store)
     per_kind: dict[str, list[int]] = {}
     samples = []
-    for row in rows:
-        example = data.load(row)
-        messages = to_messages(row)[:1]
-        use_audio = example.audio_hidden is not None or example.sample.input_features is not None
-        use_video = example.video_pooled is not None or example.sample.pixel_values_videos is not None
-        ids, _, _ = model.processor.encode_chat(messages, use_audio, use_video)
-        with torch.inference_mode():
-            embeds = model.embed_inputs(
-                torch.tensor([ids]), pixel_values_videos=example.sample.pixel_values_videos,
-                input_features=example.sample.input_features,
-                video_pooled=None if example.video_pooled is None else example.video_pooled[None],
-                audio_hidden=None if example.audio_hidden is None else example.audio_hidden[None])[0]
-            out = model.processor.decode(list(model.generate(embeds, max_new_tokens=16))).strip()
+    for row in read_manifest(test_manifest):
+        example = data.load(row)  # cached encoder features, or raw media to encode
+        raw = pipeline.MediaTensors(None if example.video_cached else example.video,
+                                    None if example.audio_cached else example.audio)
+        fresh = pipeline.encode(model, [raw])[0]
+        features = pipeline.EncoderFeatures(example.video if example.video_cached else fresh.video,
+                                            example.audio if example.audio_cached else fresh.audio)
+        embeddings = pipeline.project(model, [features])[0]
+        p = pipeline.prompt(model.processor, to_messages(row)[:1], embeddings)
+        stream = TextStream(model.tokenizer, eos_token_id=model.tokenizer.eos_token_id)
+        tokens = model.generate(pipeline.prompt_embeds(model, p, embeddings), max_new_tokens=16)
+        out = ("".join(stream.push(t) for t in tokens) + stream.finish()).strip()
         expected = row["conversations"][1]["value"]
         ok = _correct(out, expected, row["field"])
         per_kind.setdefault(row["kind"], []).append(int(ok))
@@ -229,32 +222,11 @@ def report(results: dict[str, dict], out: Path, timings: dict[str, float]) -> st
                                                               for k, v in results.items()},
                                                   "chance": CHANCE, "seconds": timings}, indent=1))
     for name, res in results.items():
-        with open(out / f"answers-{name.split()[0]}.jsonl", "w") as f:
-            for s in res["samples"]:
-                f.write(json.dumps(s) + "\n")
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.5, 3.6))
-        width = 0.8 / len(results)
-        for i, (name, res) in enumerate(results.items()):
-            ax.bar([j + (i - (len(results) - 1) / 2) * width for j in range(len(kinds))],
-                   [res["accuracy"].get(k, 0) for k in kinds], width, label=name)
-        ax.scatter(range(len(kinds)), [CHANCE[k] for k in kinds], marker="_", s=600, color="black", label="chance",
-                   zorder=3)
-        ax.set_xticks(range(len(kinds)), [f"{k} questions" for k in kinds])
-        ax.set_ylim(0, 1.05)
-        ax.set_ylabel("accuracy on held-out clips")
-        ax.set_title("Training with audio grounds answers in what is heard")
-        ax.legend(loc="upper right", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(out / "results.png", dpi=120)
-        plt.close(fig)
-    except ImportError:
-        pass
+        jsonl.write(out / f"answers-{name.split()[0]}.jsonl", res["samples"])
+    charts.bars(out / "results.png", [f"{k} questions" for k in kinds],
+                {name: [res["accuracy"].get(k) for k in kinds] for name, res in results.items()},
+                "accuracy on held-out clips", "Training with audio grounds answers in what is heard", (0, 1.05),
+                marks={"chance": [CHANCE[k] for k in kinds]})
     return table
 
 

@@ -1,9 +1,13 @@
-"""One training loop for both stages, on Hugging Face's ``Trainer`` (so torchrun, DeepSpeed
-ZeRO-2/3, bf16, gradient checkpointing, resume, TensorBoard and progress bars come from it).
+"""One training loop for both stages, on Hugging Face's ``Trainer`` (so torchrun, ``accelerate
+launch`` and ``deepspeed`` launches, DeepSpeed ZeRO-2/3, bf16, gradient checkpointing, resume,
+TensorBoard and progress bars come from it).
 
 ``setup()`` builds the model for a stage and freezes what the stage keeps fixed; ``fit()`` runs
-the Trainer, resuming from the newest checkpoint; the end of a run writes ``loss.png`` and, when
-asked, the served checkpoint folder (``final/``).
+the Trainer, resuming from the newest checkpoint. The trainer runs the frozen encoders on the
+raw media of a batch (``model.pipeline.encode``) and feeds the model encoder features, whether
+they came from the feature cache or not. In a distributed run every rank trains on its share of
+the data, and only the first writes the run's files: ``run_config.json`` (with the stage),
+``log_history.json``, ``loss.png``, ``skipped.jsonl`` and the served checkpoint ``final/``.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import socket
 from pathlib import Path
 
 import torch
@@ -18,8 +23,9 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from model import AVChatModel
+from model import AVChatModel, pipeline
 
+from . import charts, jsonl
 from .config import TrainConfig
 from .data import Collator, ManifestDataset, SkipLog
 
@@ -57,14 +63,47 @@ def setup(cfg: TrainConfig, stage: str) -> AVChatModel:
     return model
 
 
+def encoder_features(model: AVChatModel, batch: dict) -> dict:
+    """A collated batch -> model inputs: the raw media encoded (frozen, no gradients) and put
+    back in batch order among the cached features."""
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch}
+    raw_video, raw_audio = batch.get("video_raw", []), batch.get("audio_raw", [])
+    n = max(len(raw_video), len(raw_audio))
+    encoded = pipeline.encode(model, [pipeline.MediaTensors(raw_video[i] if i < len(raw_video) else None,
+                                                            raw_audio[i] if i < len(raw_audio) else None)
+                                      for i in range(n)]) if n else []
+    for kind in ("video", "audio"):
+        if f"{kind}_is_cached" not in batch:
+            continue
+        flags = batch[f"{kind}_is_cached"]
+        fresh = [getattr(e, kind) for e in encoded if getattr(e, kind) is not None]
+        cached = batch.get(f"{kind}_cached")
+        parts, c, r = [], 0, 0
+        for is_cached in flags.tolist():
+            if is_cached:
+                parts.append(cached[c])
+                c += 1
+            else:
+                parts.append(fresh[r])
+                r += 1
+        inputs[f"{kind}_features"] = torch.stack([p.to(parts[0].device) for p in parts])
+    return inputs
+
+
 class AVTrainer(Trainer):
-    """Trainer that (1) gives the projectors their own learning rate and (2) checkpoints only
-    the trainable weights: the frozen encoders and LLM never change, so saving them every
-    ``save_steps`` would cost gigabytes for nothing."""
+    """Trainer that (1) encodes raw media with the frozen encoders before the forward pass,
+    (2) gives the projectors their own learning rate and (3) checkpoints only the trainable
+    weights: the frozen encoders and LLM never change, so saving them every ``save_steps``
+    would cost gigabytes for nothing."""
 
     def __init__(self, *args, projector_lr: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.projector_lr = projector_lr
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = encoder_features(self.accelerator.unwrap_model(model), inputs)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                    num_items_in_batch=num_items_in_batch)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -98,20 +137,8 @@ class AVTrainer(Trainer):
         model.load_state_dict(state, strict=False)
 
 
-def fit(cfg: TrainConfig, stage: str) -> Path:
-    """Trains, resuming when a checkpoint exists; returns the run folder."""
-    out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "run_config.json").write_text(json.dumps(vars(cfg), indent=1, default=str))
-    model = setup(cfg, stage)
-    store = None
-    if cfg.feature_cache:
-        from .features import FeatureStore
-
-        store = FeatureStore(cfg.feature_cache, model.config)
-    skips = SkipLog(out / "skipped.jsonl")
-    dataset = ManifestDataset(cfg.data, model.processor, model.config.modalities, store, skips, cfg.max_length)
-    args = TrainingArguments(
+def training_arguments(cfg: TrainConfig, out: Path) -> TrainingArguments:
+    return TrainingArguments(
         output_dir=str(out), num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
         gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
@@ -119,49 +146,60 @@ def fit(cfg: TrainConfig, stage: str) -> Path:
         lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
         bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
         save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
-        dataloader_num_workers=cfg.dataloader_num_workers, deepspeed=cfg.deepspeed,
-        report_to=[] if cfg.report_to in ("none", "") else [cfg.report_to],
+        full_determinism=cfg.deterministic, dataloader_num_workers=cfg.dataloader_num_workers,
+        deepspeed=cfg.deepspeed, report_to=[] if cfg.report_to in ("none", "") else [cfg.report_to],
         remove_unused_columns=False, disable_tqdm=False,
         # Without a GPU, say so: bf16 then runs on the CPU, and torchrun's ranks form a real (gloo) DDP group.
         use_cpu=not torch.cuda.is_available())
-    trainer = AVTrainer(model=model, args=args, train_dataset=dataset, data_collator=Collator(model.processor),
+
+
+def fit(cfg: TrainConfig, stage: str) -> Path:
+    """Trains, resuming when a checkpoint exists; returns the run folder."""
+    out = Path(cfg.output_dir)
+    args = training_arguments(cfg, out)  # sets up the process group of a distributed launch
+    main = args.process_index == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "run_config.json").write_text(json.dumps({**vars(cfg), "stage": stage}, indent=1, default=str))
+    model = setup(cfg, stage)
+    store = None
+    if cfg.feature_cache:
+        from .features import FeatureStore
+
+        store = FeatureStore(cfg.feature_cache, model.config)
+    skips = SkipLog(out / ".skipped" / f"{socket.gethostname()}-{os.getpid()}.jsonl")
+    dataset = ManifestDataset(cfg.data, model.processor, model.config.modalities, store, skips, cfg.max_length,
+                              cfg.data_root)
+    trainer = AVTrainer(model=model, args=args, train_dataset=dataset,
+                        data_collator=Collator(model.tokenizer.pad_token_id),
                         projector_lr=cfg.projector_lr if stage == "finetune" else None)
     last = get_last_checkpoint(str(out)) if cfg.resume and out.exists() else None
-    if last:
+    if last and main:
         log.warning("resuming from %s", last)
         print(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
-    history = trainer.state.log_history
-    (out / "log_history.json").write_text(json.dumps(history, indent=1))
-    plot_loss(history, out / "loss.png", f"{stage} ({', '.join(model.config.modalities)})")
-    if skips.count:
-        print(f"skipped {skips.count} unusable samples (see {out / 'skipped.jsonl'})")
     if trainer.is_world_process_zero():
-        final = out / "final"
+        history = trainer.state.log_history
+        (out / "log_history.json").write_text(json.dumps(history, indent=1))
+        steps = [h["step"] for h in history if "loss" in h]
+        charts.line(out / "loss.png", {"loss": (steps, [h["loss"] for h in history if "loss" in h])},
+                    "optimizer step", "training loss", f"{stage} ({', '.join(model.config.modalities)})")
+        skipped = merge_skips(out)
+        if skipped:
+            print(f"skipped {skipped} unusable samples (see {out / 'skipped.jsonl'})")
         if stage == "pretrain" or cfg.export:
-            model.save_pretrained(final, merge=True)
-            print(f"wrote the checkpoint folder {final}")
+            model.save_pretrained(out / "final", merge=True)
+            print(f"wrote the checkpoint folder {out / 'final'}")
     return out
 
 
-def plot_loss(history: list[dict], path: Path, title: str) -> None:
-    steps = [h["step"] for h in history if "loss" in h]
-    losses = [h["loss"] for h in history if "loss" in h]
-    if not steps:
-        return
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(steps, losses, marker="o" if len(steps) < 30 else None)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("training loss")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+def merge_skips(out: Path) -> int:
+    """Gathers what every rank and dataloader worker skipped into ``skipped.jsonl`` (one line per
+    sample, however many times it was met, this run or a resumed one); returns the count."""
+    seen: dict[str, dict] = {}
+    for part in sorted((out / ".skipped").glob("*.jsonl")):
+        for row in jsonl.read(part):
+            seen.setdefault(str(row.get("id")), row)
+    if seen:
+        jsonl.write(out / "skipped.jsonl", seen.values())
+    return len(seen)

@@ -1,0 +1,95 @@
+"""Command line of the evaluation: ``python -m training.evaluate predict | judge | report``."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m training.evaluate",
+                                description="Video-ChatGPT-style evaluation: predict, judge, report.")
+    sub = p.add_subparsers(dest="command", required=True)
+    pr = sub.add_parser("predict", help="answer a benchmark's questions")
+    pr.add_argument("--questions", required=True, help="generic_qa.json, temporal_qa.json, consistency_qa.json "
+                                                       "or an audio-visual JSON-lines file")
+    pr.add_argument("--videos", help="folder of the videos named in the questions")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--base-url", help="a running service (our SDK; $AVCHAT_API_KEY for its key)")
+    src.add_argument("--checkpoint", help="answer in-process from a checkpoint folder or preset")
+    pr.add_argument("--modalities", default=None, help="audio,video (default) or video (the baseline)")
+    pr.add_argument("--max-tokens", type=int, default=256)
+    pr.add_argument("--concurrency", type=int, default=4, help="videos in flight at once")
+    pr.add_argument("--device", default="cpu")
+    pr.add_argument("--out", required=True, help="predictions (JSON lines; a rerun continues it)")
+    ju = sub.add_parser("judge", help="score predictions with an OpenAI-compatible judge")
+    ju.add_argument("--predictions", required=True)
+    ju.add_argument("--judge-base-url", required=True, help="e.g. https://api.openai.com/v1")
+    ju.add_argument("--judge-model", required=True)
+    ju.add_argument("--concurrency", type=int, default=8)
+    ju.add_argument("--cache", help="judge reply cache (default: beside --out)")
+    ju.add_argument("--out", required=True)
+    rp = sub.add_parser("report", help="tables and a chart of judged runs, side by side")
+    rp.add_argument("--run", action="append", required=True,
+                    help="NAME=PATH, PATH a judged file or a folder of *.judged.jsonl (repeat per run)")
+    rp.add_argument("--out", required=True)
+    return p
+
+
+def _fail(message: str, code: int = 2) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "predict":
+        if not os.path.exists(args.questions):
+            return _fail(f"--questions {args.questions}: no such file")
+        if args.videos and not os.path.isdir(args.videos):
+            return _fail(f"--videos {args.videos}: no such folder")
+        from .predict import LocalAnswerer, ServiceAnswerer, predict
+        from .questions import load_questions
+
+        modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
+        answerer = (ServiceAnswerer(args.base_url, os.environ.get("AVCHAT_API_KEY"), args.max_tokens, modalities)
+                    if args.base_url else LocalAnswerer(args.checkpoint, args.max_tokens, modalities, args.device))
+        summary = predict(load_questions(args.questions), Path(args.videos) if args.videos else None, answerer,
+                          Path(args.out), args.concurrency)
+        if summary["questions"] and not summary["answered"]:
+            return _fail("no question could be answered (see the missing and failed videos above)", 1)
+        return 0
+    if args.command == "judge":
+        if not os.path.exists(args.predictions):
+            return _fail(f"--predictions {args.predictions}: no such file")
+        from .judge import Judge, JudgeCache, JudgeUnreachable, judge
+
+        key = os.environ.get("JUDGE_API_KEY") or os.environ.get("OPENAI_API_KEY")
+        out = Path(args.out)
+        cache = JudgeCache(Path(args.cache) if args.cache else out.with_name(out.stem + ".cache.jsonl"))
+        try:
+            judge(Path(args.predictions), Judge(args.judge_base_url, args.judge_model, key, cache), out,
+                  args.concurrency)
+        except JudgeUnreachable as exc:
+            return _fail(f"{exc}; the scores so far are kept, rerun to continue", 3)
+        return 0
+    runs: dict[str, list[Path]] = {}
+    for spec in args.run:
+        name, sep, path = spec.partition("=")
+        if not sep:
+            return _fail(f"--run takes NAME=PATH, got {spec!r}")
+        path_ = Path(path)
+        files = sorted(path_.glob("*.judged.jsonl")) if path_.is_dir() else [path_]
+        if not files or not all(f.exists() for f in files):
+            return _fail(f"--run {spec}: no judged files there")
+        runs[name] = files
+    from .report import report
+
+    print(report(runs, Path(args.out)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
