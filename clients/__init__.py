@@ -7,7 +7,9 @@
     print(answer.choices[0].message.content)
 """
 
-from ._client import AsyncClient, AsyncConversation, AsyncStream, Client, Conversation, Stream, video_url_part
+from ._client import AsyncClient, Client
+from ._streaming import AsyncStream, Stream
+from .resources import AsyncConversation, Conversation, image_url_part, video_url_part
 from ._errors import (APIConnectionError, APIError, APIStatusError, APITimeoutError, AuthenticationError,
                       AVChatError, BadRequestError, ConflictError, GatewayTimeoutError, InternalServerError,
                       NotFoundError, PayloadTooLargeError, PermissionDeniedError, RateLimitError,
@@ -20,5 +22,5 @@ __all__ = [
     "ChatCompletionChunk", "Client", "ConflictError", "Conversation", "GatewayTimeoutError", "InternalServerError",
     "Model", "ModelList", "NotFoundError", "PayloadTooLargeError", "PermissionDeniedError", "RateLimitError",
     "ServiceUnavailableError", "Stream", "UnprocessableEntityError", "UnsupportedMediaTypeError", "Usage",
-    "video_url_part",
+    "image_url_part", "video_url_part",
 ]

@@ -27,25 +27,38 @@ EXIT_CODES = [(APIConnectionError, 3), (AuthenticationError, 4), (BadRequestErro
               (InternalServerError, 8)]
 
 
+def _connection(suppress: bool) -> argparse.ArgumentParser:
+    """The connection options, accepted before or after the subcommand."""
+    default = (lambda value: argparse.SUPPRESS) if suppress else (lambda value: value)
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--base-url", default=default(None),
+                   help="service URL (default $AVCHAT_BASE_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", default=default(None), help="bearer key (default $AVCHAT_API_KEY)")
+    p.add_argument("--timeout", type=float, default=default(600.0), help="seconds per request (default 600)")
+    p.add_argument("--max-retries", type=int, default=default(2))
+    return p
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m clients", description="Ask a running avchat service about a video.",
+                                parents=[_connection(False)],
                                 epilog="exit codes: 0 ok, 1 other API error, 2 usage, 3 connection/timeout, "
                                        "4 authentication, 5 bad request, 6 not found, 7 video rejected, 8 server")
-    p.add_argument("--base-url", default=None, help="service URL (default $AVCHAT_BASE_URL or http://127.0.0.1:8000)")
-    p.add_argument("--api-key", default=None, help="bearer key (default $AVCHAT_API_KEY)")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per request (default 600)")
-    p.add_argument("--max-retries", type=int, default=2)
     sub = p.add_subparsers(dest="command", required=True)
-    chat = sub.add_parser("chat", help="ask about a video (interactive without a question)")
-    chat.add_argument("video", help="a video file, or a video_id from an earlier answer")
+    chat = sub.add_parser("chat", help="ask about a video (interactive without a question)",
+                          parents=[_connection(True)])
+    chat.add_argument("video", help="a video or image file, or a video_id from an earlier answer")
     chat.add_argument("question", nargs="?", help="the question; omit it for an interactive chat")
     chat.add_argument("--json", action="store_true", help="print the whole chat.completion object")
-    chat.add_argument("--modalities", default=None, help="audio,video (default), video or audio")
+    chat.add_argument("--modalities", "--input-modalities", dest="modalities", default=None,
+                      help="audio,video (default), video or audio")
+    chat.add_argument("--start", type=float, default=None, help="analyse from this second")
+    chat.add_argument("--end", type=float, default=None, help="analyse up to this second")
     chat.add_argument("--max-tokens", type=int, default=None)
     chat.add_argument("--temperature", type=float, default=None)
     chat.add_argument("--top-p", type=float, default=None)
     chat.add_argument("--seed", type=int, default=None)
-    sub.add_parser("models", help="list the served models")
+    sub.add_parser("models", help="list the served models", parents=[_connection(True)])
     return p
 
 
@@ -75,8 +88,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"error: {args.video}: no such file", file=sys.stderr)
                 return 2
             options = {k: v for k, v in (("max_tokens", args.max_tokens), ("temperature", args.temperature),
-                                         ("top_p", args.top_p), ("seed", args.seed),
-                                         ("modalities", args.modalities)) if v is not None}
+                                         ("top_p", args.top_p), ("seed", args.seed), ("start", args.start),
+                                         ("end", args.end), ("input_modalities", args.modalities)) if v is not None}
             conversation = client.video.chat.conversation(args.video, **options)
             if args.question is not None:
                 _ask(conversation, args.question, args.json, sys.stdout)

@@ -47,11 +47,11 @@ def is_video_id(value: Any) -> bool:
 
 
 class Upload:
-    """A video to send. Each attempt gets a fresh stream from the start: a path is reopened, a
-    file object is rewound, bytes are resent. Paths and file objects stream from disk."""
+    """A video (or image) to send. Each attempt gets a fresh stream from the start: a path is
+    reopened, a file object is rewound, bytes are resent. Paths and file objects stream from disk."""
 
-    def __init__(self, video: VideoInput):
-        self.video = video
+    def __init__(self, video: VideoInput, field: str = "video"):
+        self.video, self.field = video, field
         self._start = video.tell() if hasattr(video, "read") and hasattr(video, "tell") else None
         if isinstance(video, (str, os.PathLike)) and not os.path.isfile(video):
             raise FileNotFoundError(f"no such video file: {video}")
@@ -77,30 +77,31 @@ class Upload:
         return (self.name, v, "application/octet-stream"), lambda: None
 
 
-def video_form(*, video_id, messages, prompt, stream, modalities, max_tokens, temperature, top_p, seed, stop,
-               stream_options) -> dict[str, str]:
+def video_form(*, video_id=None, uuid=None, messages=None, prompt=None, stream=False, input_modalities=None,
+               max_tokens=None, temperature=None, top_p=None, seed=None, stop=None, stream_options=None, start=None,
+               end=None) -> dict[str, str]:
+    """The form fields of ``POST /v1/video/chat`` (the file goes separately)."""
     if messages is not None and prompt is not None:
         raise ValueError("pass messages or prompt, not both")
     if messages is None and prompt is None:
         raise ValueError("pass messages=[...] or prompt='...'")
     form: dict[str, str] = {}
-    if video_id:
-        form["video_id"] = video_id
     if messages is not None:
         form["messages"] = json.dumps(list(messages))
-    if prompt is not None:
-        form["prompt"] = prompt
     if stream:
         form["stream"] = "true"
     if stream_options:
         form["stream_options"] = json.dumps(stream_options)
-    if modalities is not None:
-        form["modalities"] = ",".join([modalities] if isinstance(modalities, str) else modalities)
-    for key, value in (("max_tokens", max_tokens), ("temperature", temperature), ("top_p", top_p), ("seed", seed)):
-        if value is not None:
-            form[key] = str(value)
+    if input_modalities is not None:
+        form["input_modalities"] = ",".join([input_modalities] if isinstance(input_modalities, str)
+                                            else input_modalities)
     if stop is not None:
         form["stop"] = stop if isinstance(stop, str) else json.dumps(list(stop))
+    for key, value in (("video_id", video_id), ("uuid", uuid), ("prompt", prompt), ("max_tokens", max_tokens),
+                       ("temperature", temperature), ("top_p", top_p), ("seed", seed), ("start", start),
+                       ("end", end)):
+        if value is not None:
+            form[key] = str(value)
     return form
 
 
@@ -108,28 +109,44 @@ def drop_none(d: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in d.items() if v is not None}
 
 
-def should_retry(error: APIError) -> bool:
+def should_retry(error: APIError, response: httpx.Response | None = None) -> bool:
+    """Connection errors, 408, 409, 429 and 5xx, unless the server asks for a longer wait than
+    the SDK's cap (then the caller is better told at once)."""
     if isinstance(error, APIConnectionError):
         return True
     if isinstance(error, APIStatusError):
+        after = retry_after(response)
+        if after is not None and after > MAX_RETRY_AFTER:
+            return False
         return error.status_code in RETRY_STATUSES or error.status_code >= 500
     return False
 
 
+def retry_after(response: httpx.Response | None) -> float | None:
+    """The server's Retry-After(-Ms), in seconds (a number or an HTTP date), if it sent one."""
+    if response is None:
+        return None
+    value = response.headers.get("retry-after-ms")
+    if value and value.replace(".", "", 1).isdigit():
+        return float(value) / 1000
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        try:
+            parsed = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return parsed.timestamp() - time.time()
+
+
 def retry_delay(attempt: int, response: httpx.Response | None) -> float:
-    """Capped exponential backoff with jitter; a server's Retry-After (seconds or a date) wins."""
-    if response is not None:
-        value = response.headers.get("retry-after-ms")
-        after = float(value) / 1000 if value and value.replace(".", "", 1).isdigit() else None
-        value = response.headers.get("retry-after")
-        if after is None and value:
-            try:
-                after = float(value)
-            except ValueError:
-                parsed = email.utils.parsedate_to_datetime(value) if value else None
-                after = parsed.timestamp() - time.time() if parsed else None
-        if after is not None and 0 <= after <= MAX_RETRY_AFTER:
-            return after
+    """Capped exponential backoff with jitter; a server's Retry-After (within the cap) wins."""
+    after = retry_after(response)
+    if after is not None and 0 <= after <= MAX_RETRY_AFTER:
+        return after
     delay = min(INITIAL_RETRY_DELAY * 2 ** attempt, MAX_RETRY_DELAY)
     return delay * (1 - 0.25 * random.random())
 

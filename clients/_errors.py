@@ -93,7 +93,8 @@ class APIConnectionError(APIError):
 
 class APITimeoutError(APIConnectionError):
     def __init__(self, request: httpx.Request | None = None):
-        super().__init__("Request timed out.", request=request)
+        where = f" ({request.url})" if request is not None else ""
+        super().__init__(f"Request timed out{where}.", request=request)
 
 
 _BY_STATUS = {400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
@@ -110,3 +111,11 @@ def status_error(response: httpx.Response, body: Any) -> APIStatusError:
         else (body if isinstance(body, str) else None)
     return cls(f"Error code: {response.status_code} - {detail or response.reason_phrase}", response=response,
                body=body)
+
+
+def transport_error(exc: httpx.TransportError, request: httpx.Request) -> APIError:
+    """A transport failure as the SDK's error, naming the URL it tried."""
+    if isinstance(exc, httpx.TimeoutException):
+        return APITimeoutError(request)
+    where = f" ({request.url})" if request is not None else ""
+    return APIConnectionError(f"Connection error{where}: {exc}", request=request)

@@ -38,6 +38,13 @@ class Choice(_Model):
     finish_reason: str | None = None  # "stop" or "length" here; other OpenAI-compatible servers say more
 
 
+class MediaInfo(_Model):
+    duration_s: float
+    frames: int
+    audio_s: float
+    audio_truncated_s: float
+
+
 class ChatCompletion(_Model):
     id: str
     object: Literal["chat.completion"] = "chat.completion"
@@ -47,6 +54,7 @@ class ChatCompletion(_Model):
     usage: Usage | None = None
     system_fingerprint: str | None = None
     video_id: str | None = None
+    media: MediaInfo | None = None
 
 
 class ChoiceDelta(_Model):
@@ -70,6 +78,7 @@ class ChatCompletionChunk(_Model):
     usage: Usage | None = None
     system_fingerprint: str | None = None
     video_id: str | None = None
+    media: MediaInfo | None = None
 
 
 class Model(_Model):

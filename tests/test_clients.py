@@ -27,6 +27,7 @@ LIMIT = 64 * 1024 * 1024
 @pytest.fixture(scope="module")
 def server(tiny, tiny_home, tmp_path_factory):
     srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_API_KEYS": KEY, "AVCHAT_MAX_UPLOAD_BYTES": str(LIMIT),
+                  "AVCHAT_DOCS": "on",
                   "AVCHAT_ENGINE": "transformers", "AVCHAT_TEMP_DIR": str(tmp_path_factory.mktemp("sdk-tmp"))},
                  tmp_path_factory.mktemp("logs") / "sdk.log")
     yield srv.wait_ready()
@@ -172,7 +173,8 @@ def test_client_types_match_the_service_schema(server):
         required_here = {n for n, f in cls.model_fields.items() if f.is_required()}
         assert required_here <= set(schema[name].get("required", [])), name
     form = set(schema["VideoChatForm"]["properties"])
-    sent = set(clients._base.video_form(video_id="v", messages=[], prompt=None, stream=True, modalities=["audio"],
+    sent = set(clients._base.video_form(video_id="v", uuid="u", messages=[], prompt=None, stream=True,
+                                        input_modalities=["audio"], start=1, end=2,
                                         max_tokens=1, temperature=1, top_p=1, seed=1, stop=["x"],
                                         stream_options={"include_usage": True})) | {"video", "prompt"}
     assert sent <= form, sent - form
