@@ -1,6 +1,6 @@
 """Command line: ask a question about a video (or audio, or an image) and stream the answer.
 
-    python -m model ask VIDEO "question" [--checkpoint DIR | --preset demo|tiny|phi2] [--modalities audio,video]
+python -m model ask VIDEO "question" [--checkpoint DIR | --preset demo|tiny|phi2] [--modalities audio,video]
 """
 
 from __future__ import annotations
@@ -19,10 +19,16 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("question", help="what to ask about it")
     src = ask.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="a checkpoint folder (what training writes)")
-    src.add_argument("--preset", default=None,
-                     help="a built-in preset: demo (default; trained on synthetic clips), tiny (random weights) or phi2")
-    ask.add_argument("--modalities", default=None,
-                     help="comma-separated subset of audio,video (default: what the model was trained on)")
+    src.add_argument(
+        "--preset",
+        default=None,
+        help="a built-in preset: demo (default; trained on synthetic clips), tiny (random weights) or phi2",
+    )
+    ask.add_argument(
+        "--modalities",
+        default=None,
+        help="comma-separated subset of audio,video (default: what the model was trained on)",
+    )
     ask.add_argument("--start", type=float, default=None, help="analyse from this second on")
     ask.add_argument("--end", type=float, default=None, help="analyse up to this second")
     ask.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (default 64)")
@@ -69,8 +75,13 @@ def _ask(args: argparse.Namespace) -> int:
     try:
         media = decode(args.video, model.config, modalities, window)
         embeddings = project(model, encode(model, [preprocess(model.processor, media)]))[0]
-        p = prompt(model.processor, [{"role": "user", "content": args.question}], embeddings, modalities,
-                   max_new_tokens=args.max_tokens)
+        p = prompt(
+            model.processor,
+            [{"role": "user", "content": args.question}],
+            embeddings,
+            modalities,
+            max_new_tokens=args.max_tokens,
+        )
     except (MediaError, ContextLengthError, InvalidWindow) as exc:
         return _fail(str(exc))
     start = time.perf_counter()
@@ -79,8 +90,9 @@ def _ask(args: argparse.Namespace) -> int:
     stream = TextStream(model.tokenizer, eos_token_id=model.tokenizer.eos_token_id)
     with torch.inference_mode():
         embeds = prompt_embeds(model, p, embeddings)
-        for token in model.generate(embeds, max_new_tokens=args.max_tokens, temperature=args.temperature,
-                                    top_p=args.top_p, seed=args.seed):
+        for token in model.generate(
+            embeds, max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
+        ):
             first = first or time.perf_counter()
             generated += 1
             sys.stdout.write(stream.push(token))
@@ -89,14 +101,25 @@ def _ask(args: argparse.Namespace) -> int:
     end = time.perf_counter()
     counts, report = p.counts, media.report
     print()
-    print(f"[tokens] prompt {sum(counts.values())} = audio {counts['audio']} + video {counts['video']} + "
-          f"text {counts['text']}; generated {generated}", file=sys.stderr)
-    print(f"[media] {report.duration_s:.1f} s analysed, {report.frames} frames "
-          f"({media.frames.mode if media.frames else '-'}), audio heard {report.audio_s:.1f} s"
-          + (f", {report.audio_truncated_s:.1f} s not heard (one 30 s window; --start picks it)"
-             if report.audio_truncated_s > 0 else ""), file=sys.stderr)
-    print(f"[time] first token {((first or end) - start) * 1000:.0f} ms, total {(end - start) * 1000:.0f} ms",
-          file=sys.stderr)
+    print(
+        f"[tokens] prompt {sum(counts.values())} = audio {counts['audio']} + video {counts['video']} + "
+        f"text {counts['text']}; generated {generated}",
+        file=sys.stderr,
+    )
+    print(
+        f"[media] {report.duration_s:.1f} s analysed, {report.frames} frames "
+        f"({media.frames.mode if media.frames else '-'}), audio heard {report.audio_s:.1f} s"
+        + (
+            f", {report.audio_truncated_s:.1f} s not heard (one 30 s window; --start picks it)"
+            if report.audio_truncated_s > 0
+            else ""
+        ),
+        file=sys.stderr,
+    )
+    print(
+        f"[time] first token {((first or end) - start) * 1000:.0f} ms, total {(end - start) * 1000:.0f} ms",
+        file=sys.stderr,
+    )
     return 0
 
 

@@ -108,11 +108,11 @@ class TextStream:
         return self._emit(self._tail(final=True), everything=True)
 
     def _tail(self, final: bool) -> str:
-        before = self._decode(self.ids[self.prefix:self.read])
-        after = self._decode(self.ids[self.prefix:])
+        before = self._decode(self.ids[self.prefix : self.read])
+        after = self._decode(self.ids[self.prefix :])
         if after.endswith(REPLACEMENT) and not final:
             return ""  # half a character: wait for the rest
-        new = after[len(before):] if after.startswith(before) else after
+        new = after[len(before) :] if after.startswith(before) else after
         self.prefix, self.read = self.read, len(self.ids)
         return new.replace(REPLACEMENT, "")  # bytes that never form a character
 
@@ -129,5 +129,5 @@ class TextStream:
             return text[: len(text) - stop_len]
         text = self.pending + new
         keep = 0 if everything else min(self.matcher.held, len(text))
-        self.pending = text[len(text) - keep:] if keep else ""
+        self.pending = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]

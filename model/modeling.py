@@ -25,7 +25,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel, WhisperModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from . import presets
+from . import bunny, presets
 from .config import AVChatConfig
 from .generation import sample_token
 from .processor import AVChatProcessor, add_media_tokens
@@ -52,8 +52,9 @@ def _is_local(root: str | None, ref: str) -> bool:
 class AVChatModel(nn.Module):
     main_input_name = "input_ids"  # what HF Trainer looks for
 
-    def __init__(self, config: AVChatConfig, vision_tower: nn.Module, audio_tower: nn.Module, llm: nn.Module,
-                 tokenizer=None):
+    def __init__(
+        self, config: AVChatConfig, vision_tower: nn.Module, audio_tower: nn.Module, llm: nn.Module, tokenizer=None
+    ):
         super().__init__()
         self.config = config
         self.vision_tower = vision_tower
@@ -83,8 +84,9 @@ class AVChatModel(nn.Module):
         return model
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, dtype: torch.dtype | None = None,
-                        device: str | torch.device | None = None) -> AVChatModel:
+    def from_pretrained(
+        cls, name_or_path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+    ) -> AVChatModel:
         """Loads a checkpoint folder, a preset (``demo``, ``tiny``, ``phi2``) or, on a machine that
         reaches the hub, the components named by hub ids."""
         ref = presets.resolve(name_or_path, build=write_random_checkpoint)
@@ -96,8 +98,9 @@ class AVChatModel(nn.Module):
         vision = SiglipVisionModel.from_pretrained(_component(root, config.vision_tower), **kw)
         audio = WhisperModel.from_pretrained(_component(root, config.audio_tower), **kw)
         llm = AutoModelForCausalLM.from_pretrained(_component(root, config.llm), **kw)
-        tokenizer = AutoTokenizer.from_pretrained(_component(root, config.tokenizer_name) if config.tokenizer_name
-                                                  else root)
+        tokenizer = AutoTokenizer.from_pretrained(
+            _component(root, config.tokenizer_name) if config.tokenizer_name else root
+        )
         add_media_tokens(tokenizer)
         # Sub-configs follow the weights actually loaded.
         config.vision_config, config.audio_config, config.text_config = vision.config, audio.config, llm.config
@@ -126,8 +129,9 @@ class AVChatModel(nn.Module):
         unknown = set(kwargs) - set(accepted)
         if unknown:
             raise TypeError(f"gradient_checkpointing_enable() got unexpected arguments {sorted(unknown)}")
-        llm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs
-                                          or {"use_reentrant": False}, **kwargs)
+        llm.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=gradient_checkpointing_kwargs or {"use_reentrant": False}, **kwargs
+        )
         llm.config.use_cache = False
 
     def gradient_checkpointing_disable(self) -> None:
@@ -164,35 +168,25 @@ class AVChatModel(nn.Module):
     # -- projectors, Bunny import ---------------------------------------------------------------
 
     def projector_state_dict(self) -> dict[str, torch.Tensor]:
-        return {f"{name}.{k}": v.detach().contiguous().cpu()
-                for name in ("audio_projector", "vision_projector")
-                for k, v in getattr(self, name).state_dict().items()}
+        return {
+            f"{name}.{k}": v.detach().contiguous().cpu()
+            for name in ("audio_projector", "vision_projector")
+            for k, v in getattr(self, name).state_dict().items()
+        }
 
     def load_projectors(self, path: str) -> None:
         state = load_file(path)
         for name in ("audio_projector", "vision_projector"):
-            part = {k[len(name) + 1:]: v for k, v in state.items() if k.startswith(name + ".")}
+            part = {k[len(name) + 1 :]: v for k, v in state.items() if k.startswith(name + ".")}
             if part:
                 getattr(self, name).load_state_dict(part)
 
     def load_bunny_projector(self, source: str | dict) -> None:
         """Imports Bunny's pretrained vision projector (keys ``model.mm_projector.{0,2}.*``) from a
         state dict, a ``.bin``/``.safetensors`` file, or a hub repo holding ``mm_projector.bin``."""
-        if isinstance(source, str):
-            if os.path.isfile(source):
-                path = source
-            else:
-                from huggingface_hub import hf_hub_download
-
-                path = hf_hub_download(source, "mm_projector.bin")
-            state = load_file(path) if path.endswith(".safetensors") else torch.load(path, map_location="cpu",
-                                                                                      weights_only=True)
-        else:
-            state = source
-        prefix = "model.mm_projector."
-        part = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if not part:
-            raise ValueError(f"no '{prefix}*' keys in the Bunny projector state dict (found {sorted(state)[:4]})")
+        part = bunny.projector_state(
+            bunny.read_state(source, "mm_projector.bin") if isinstance(source, str) else source
+        )
         expected = {k: tuple(v.shape) for k, v in self.vision_projector.state_dict().items()}
         got = {k: tuple(v.shape) for k, v in part.items()}
         if expected != got:
@@ -245,8 +239,9 @@ class AVChatModel(nn.Module):
         start = self.config.audio_config.decoder_start_token_id
         decoder_ids = torch.full((b, self.config.audio_tokens), start, dtype=torch.long, device=input_features.device)
         with torch.no_grad():
-            return self.audio_tower(input_features=input_features.to(self.audio_tower.dtype),
-                                    decoder_input_ids=decoder_ids).last_hidden_state  # (B, 64, Ca)
+            return self.audio_tower(
+                input_features=input_features.to(self.audio_tower.dtype), decoder_input_ids=decoder_ids
+            ).last_hidden_state  # (B, 64, Ca)
 
     def project_video(self, pooled: torch.Tensor) -> torch.Tensor:
         """(B, T + P, Cv) pooled SigLIP tokens -> (B, T + P, H)."""
@@ -256,29 +251,43 @@ class AVChatModel(nn.Module):
         """(B, 64, Ca) Whisper read-out -> (B, 64, H)."""
         return self.audio_projector(hidden.to(self.audio_projector[0].weight.dtype))
 
-    def merge_media(self, input_ids: torch.Tensor, video_embeds: torch.Tensor | None = None,
-                    audio_embeds: torch.Tensor | None = None) -> torch.Tensor:
+    def merge_media(
+        self,
+        input_ids: torch.Tensor,
+        video_embeds: torch.Tensor | None = None,
+        audio_embeds: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Text embeddings ``(B, T, H)`` with the projected media written into the placeholder
         positions, after a hard count check. ``*_embeds`` hold one row per sample that has
         that medium, in batch order."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, H)
-        for name, token_id, feats in (("video", self.config.video_token_id, video_embeds),
-                                      ("audio", self.config.audio_token_id, audio_embeds)):
+        for name, token_id, feats in (
+            ("video", self.config.video_token_id, video_embeds),
+            ("audio", self.config.audio_token_id, audio_embeds),
+        ):
             mask = input_ids == token_id  # (B, T)
             n_tokens = int(mask.sum())
             n_feats = 0 if feats is None else feats.shape[0] * feats.shape[1]
             if n_tokens != n_feats:
-                raise ValueError(f"{name} placeholders and features do not match: {n_tokens} <{name}> tokens in "
-                                 f"the prompt, {n_feats} {name} feature vectors")
+                raise ValueError(
+                    f"{name} placeholders and features do not match: {n_tokens} <{name}> tokens in "
+                    f"the prompt, {n_feats} {name} feature vectors"
+                )
             if feats is not None:
                 embeds = embeds.masked_scatter(mask.unsqueeze(-1).expand_as(embeds), feats.to(embeds.dtype))
         return embeds
 
     # -- forward, generate ----------------------------------------------------------------------
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                labels: torch.Tensor | None = None, video_features: torch.Tensor | None = None,
-                audio_features: torch.Tensor | None = None, **kwargs) -> CausalLMOutputWithPast:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        video_features: torch.Tensor | None = None,
+        audio_features: torch.Tensor | None = None,
+        **kwargs,
+    ) -> CausalLMOutputWithPast:
         """``video_features`` (B_v, T + P, Cv) and ``audio_features`` (B_a, 64, Ca) are the frozen
         encoders' outputs (:func:`model.pipeline.encode`, or a training feature cache)."""
         video = self.project_video(video_features) if video_features is not None else None
@@ -287,8 +296,15 @@ class AVChatModel(nn.Module):
         return self.llm(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **kwargs)
 
     @torch.no_grad()
-    def generate(self, prompt_embeds: torch.Tensor, max_new_tokens: int = 128, temperature: float = 0.0,
-                 top_p: float = 1.0, seed: int | None = None, eos_token_id: int | None = None) -> Iterator[int]:
+    def generate(
+        self,
+        prompt_embeds: torch.Tensor,
+        max_new_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        eos_token_id: int | None = None,
+    ) -> Iterator[int]:
         """Streams generated token ids from a prompt embedding matrix ``(T, H)``
         (:func:`model.pipeline.prompt_embeds`). Greedy at temperature 0; stops at EOS. Closing
         the iterator stops the work."""
@@ -302,8 +318,11 @@ class AVChatModel(nn.Module):
             yield token
             if token == eos:
                 return
-            out = self.llm(input_ids=torch.tensor([[token]], device=self.device),
-                           past_key_values=out.past_key_values, use_cache=True)
+            out = self.llm(
+                input_ids=torch.tensor([[token]], device=self.device),
+                past_key_values=out.past_key_values,
+                use_cache=True,
+            )
 
     def offload_llm_except_embeddings(self) -> None:
         """Moves the LLM to the CPU but keeps its embedding table on the model's device: what is
@@ -321,8 +340,9 @@ class AVChatModel(nn.Module):
         """LoRA on every linear layer of the LLM (not the output head)."""
         from peft import LoraConfig, get_peft_model
 
-        cfg = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
-                         task_type="CAUSAL_LM")
+        cfg = LoraConfig(
+            r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
         self.llm = get_peft_model(self.llm, cfg)
 
     @property
@@ -348,8 +368,10 @@ class AVChatModel(nn.Module):
         config = AVChatConfig.from_dict(self.config.to_dict())
         for sub in (config.vision_config, config.audio_config, config.text_config):
             sub._name_or_path = ""  # where this run happened to load them from means nothing elsewhere
-        for attr, sub, tower in (("vision_tower", "vision", self.vision_tower),
-                                 ("audio_tower", "audio", self.audio_tower)):
+        for attr, sub, tower in (
+            ("vision_tower", "vision", self.vision_tower),
+            ("audio_tower", "audio", self.audio_tower),
+        ):
             if self._owns(getattr(self.config, attr)):  # else a hub id: keep referring to it
                 tower.save_pretrained(out / sub)
                 setattr(config, attr, sub)

@@ -25,8 +25,10 @@ import numpy as np
 import torch
 
 from .config import MODALITIES, AVChatConfig
-from .media import (AUDIO_SAMPLE_RATE, FfmpegJob, Frames, MediaInfo, MediaLimits, MissingStream, Window,
-                    audio_job, check_budget, check_file, frames_job, probe_job, run_job)
+from .decoding import audio_job, frames_job
+from .ffmpeg import FfmpegJob, run_job
+from .media import AUDIO_SAMPLE_RATE, Frames, MediaInfo, MediaLimits, MissingStream, Window, check_budget, check_file
+from .probe import probe_job
 
 
 @dataclass
@@ -77,9 +79,13 @@ class MediaEmbeddings:
 # -- decode -----------------------------------------------------------------------------------------
 
 
-def decode_steps(path: str, config: AVChatConfig, modalities: Sequence[str] | None = None,
-                 window: Window | None = None, limits: MediaLimits | None = None
-                 ) -> Generator[list[FfmpegJob], list, Media]:
+def decode_steps(
+    path: str,
+    config: AVChatConfig,
+    modalities: Sequence[str] | None = None,
+    window: Window | None = None,
+    limits: MediaLimits | None = None,
+) -> Generator[list[FfmpegJob], list, Media]:
     """The decode sequence: yields the ffmpeg jobs of each step, receives their results, and
     returns the :class:`Media`. Only the streams in ``modalities`` (default: what the model was
     trained on) that the file has are decoded."""
@@ -93,7 +99,9 @@ def decode_steps(path: str, config: AVChatConfig, modalities: Sequence[str] | No
     want_audio = "audio" in use and info.has_audio and not info.is_image
     if not want_video and not want_audio:
         have = " and ".join(s for s, h in (("video", info.has_video), ("audio", info.has_audio)) if h) or "nothing"
-        raise MissingStream(f"{_name(path)}: has no {' or '.join(sorted(use)) or 'usable'} stream to use (it has {have})")
+        raise MissingStream(
+            f"{_name(path)}: has no {' or '.join(sorted(use)) or 'usable'} stream to use (it has {have})"
+        )
     jobs = []
     if want_video:
         jobs.append(frames_job(path, info, config.num_frames, config.image_size, limits, window))
@@ -107,8 +115,12 @@ def decode_steps(path: str, config: AVChatConfig, modalities: Sequence[str] | No
     span = 0.0 if info.is_image else end - start
     heard_span = max(0.0, min(end, info.audio_end) - max(start, info.audio_start)) if want_audio else 0.0
     heard = min(heard_span, len(audio) / AUDIO_SAMPLE_RATE) if audio is not None else 0.0
-    report = MediaReport(duration_s=span, frames=0 if frames is None else len(frames.timestamps),
-                         audio_s=heard, audio_truncated_s=max(0.0, heard_span - heard))
+    report = MediaReport(
+        duration_s=span,
+        frames=0 if frames is None else len(frames.timestamps),
+        audio_s=heard,
+        audio_truncated_s=max(0.0, heard_span - heard),
+    )
     return Media(info=info, frames=frames, audio=audio, report=report)
 
 
@@ -122,8 +134,13 @@ def run_steps(steps: Generator[list[FfmpegJob], list, Media], path: str) -> Medi
         return done.value
 
 
-def decode(path: str, config: AVChatConfig, modalities: Sequence[str] | None = None, window: Window | None = None,
-           limits: MediaLimits | None = None) -> Media:
+def decode(
+    path: str,
+    config: AVChatConfig,
+    modalities: Sequence[str] | None = None,
+    window: Window | None = None,
+    limits: MediaLimits | None = None,
+) -> Media:
     """Probes once, then decodes the frames and the audio the caller asked for."""
     return run_steps(decode_steps(str(path), config, modalities, window, limits), str(path))
 
@@ -172,8 +189,9 @@ def project(model, features: Sequence[EncoderFeatures]) -> list[MediaEmbeddings]
     return out
 
 
-def embed_media(model, paths: Sequence[str], modalities: Sequence[str] | None = None,
-                window: Window | None = None) -> list[tuple[Media, MediaEmbeddings]]:
+def embed_media(
+    model, paths: Sequence[str], modalities: Sequence[str] | None = None, window: Window | None = None
+) -> list[tuple[Media, MediaEmbeddings]]:
     """decode -> preprocess -> encode -> project for files on disk (the CLI and the local evaluator)."""
     decoded = [decode(p, model.config, modalities, window) for p in paths]
     features = encode(model, [preprocess(model.processor, m) for m in decoded])
@@ -201,9 +219,14 @@ def used(modalities: Sequence[str] | None, config: AVChatConfig) -> set[str]:
     return use
 
 
-def prompt(processor, messages: list[dict], media: MediaEmbeddings | EncoderFeatures | MediaTensors | None,
-           modalities: Sequence[str] | None = None, max_new_tokens: int = 0,
-           add_generation_prompt: bool = True) -> Prompt:
+def prompt(
+    processor,
+    messages: list[dict],
+    media: MediaEmbeddings | EncoderFeatures | MediaTensors | None,
+    modalities: Sequence[str] | None = None,
+    max_new_tokens: int = 0,
+    add_generation_prompt: bool = True,
+) -> Prompt:
     """Token ids of a chat with a placeholder for each stream the media has (any stage's
     output: its ``video`` / ``audio``) and the request uses; raises ``ContextLengthError`` when
     it cannot fit the context with ``max_new_tokens`` more, and ``MediaError`` when the media
@@ -216,8 +239,9 @@ def prompt(processor, messages: list[dict], media: MediaEmbeddings | EncoderFeat
             have = " and ".join(m for m in ("video", "audio") if present[m]) or "nothing usable"
             raise MissingStream(f"the file has no {' or '.join(sorted(use))} stream to use (it has {have})")
     audio, video = present["audio"] and "audio" in use, present["video"] and "video" in use
-    ids, labels, counts = processor.encode_chat(messages, audio, video, add_generation_prompt=add_generation_prompt,
-                                                max_new_tokens=max_new_tokens)
+    ids, labels, counts = processor.encode_chat(
+        messages, audio, video, add_generation_prompt=add_generation_prompt, max_new_tokens=max_new_tokens
+    )
     return Prompt(ids, labels, counts, audio, video)
 
 

@@ -32,19 +32,47 @@ def cache_home() -> Path:
 def phi2_config() -> AVChatConfig:
     """The paper's model: SigLIP so400m/14-384, Whisper-small, Phi-2 (real sizes, no weights)."""
     return AVChatConfig(
-        vision_config=SiglipVisionConfig(hidden_size=1152, intermediate_size=4304, num_hidden_layers=27,
-                                         num_attention_heads=16, image_size=384, patch_size=14,
-                                         layer_norm_eps=1e-6, hidden_act="gelu_pytorch_tanh"),
-        audio_config=WhisperConfig(vocab_size=51865, num_mel_bins=80, d_model=768, encoder_layers=12,
-                                   decoder_layers=12, encoder_attention_heads=12, decoder_attention_heads=12,
-                                   encoder_ffn_dim=3072, decoder_ffn_dim=3072, max_source_positions=1500,
-                                   max_target_positions=448, decoder_start_token_id=50258,
-                                   pad_token_id=50257, bos_token_id=50257, eos_token_id=50257),
-        text_config=PhiConfig(vocab_size=51200, hidden_size=2560, intermediate_size=10240, num_hidden_layers=32,
-                              num_attention_heads=32, max_position_embeddings=2048, hidden_act="gelu_new",
-                              layer_norm_eps=1e-5, partial_rotary_factor=0.4, bos_token_id=50256,
-                              eos_token_id=50256, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                                    "partial_rotary_factor": 0.4}),
+        vision_config=SiglipVisionConfig(
+            hidden_size=1152,
+            intermediate_size=4304,
+            num_hidden_layers=27,
+            num_attention_heads=16,
+            image_size=384,
+            patch_size=14,
+            layer_norm_eps=1e-6,
+            hidden_act="gelu_pytorch_tanh",
+        ),
+        audio_config=WhisperConfig(
+            vocab_size=51865,
+            num_mel_bins=80,
+            d_model=768,
+            encoder_layers=12,
+            decoder_layers=12,
+            encoder_attention_heads=12,
+            decoder_attention_heads=12,
+            encoder_ffn_dim=3072,
+            decoder_ffn_dim=3072,
+            max_source_positions=1500,
+            max_target_positions=448,
+            decoder_start_token_id=50258,
+            pad_token_id=50257,
+            bos_token_id=50257,
+            eos_token_id=50257,
+        ),
+        text_config=PhiConfig(
+            vocab_size=51200,
+            hidden_size=2560,
+            intermediate_size=10240,
+            num_hidden_layers=32,
+            num_attention_heads=32,
+            max_position_embeddings=2048,
+            hidden_act="gelu_new",
+            layer_norm_eps=1e-5,
+            partial_rotary_factor=0.4,
+            bos_token_id=50256,
+            eos_token_id=50256,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.4},
+        ),
         vision_tower="google/siglip-so400m-patch14-384",
         audio_tower="openai/whisper-small",
         llm="microsoft/phi-2",
@@ -56,23 +84,51 @@ def phi2_config() -> AVChatConfig:
 def tiny_config(vocab_size: int = 1024) -> AVChatConfig:
     """Real geometry, tiny widths: every sub-model is 2 layers of 2 heads of 32."""
     return AVChatConfig(
-        vision_config=SiglipVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                                         num_attention_heads=2, image_size=384, patch_size=14),
-        audio_config=WhisperConfig(vocab_size=128, num_mel_bins=80, d_model=64, encoder_layers=2, decoder_layers=2,
-                                   encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=128,
-                                   decoder_ffn_dim=128, max_source_positions=1500, max_target_positions=128,
-                                   decoder_start_token_id=1, pad_token_id=0, bos_token_id=1, eos_token_id=2,
-                                   # init_std 0.4 (not 0.02): at width 64 the random decoder's cross-attention
-                                   # is otherwise too weak for its 64-token read-out to tell sounds apart.
-                                   init_std=0.4),
+        vision_config=SiglipVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=384,
+            patch_size=14,
+        ),
+        audio_config=WhisperConfig(
+            vocab_size=128,
+            num_mel_bins=80,
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=2,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            max_source_positions=1500,
+            max_target_positions=128,
+            decoder_start_token_id=1,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            # init_std 0.4 (not 0.02): at width 64 the random decoder's cross-attention
+            # is otherwise too weak for its 64-token read-out to tell sounds apart.
+            init_std=0.4,
+        ),
         # initializer_range 0.1 (not 0.02): at width 64, 0.02 leaves the frozen output head too weak for
         # any token to get much probability, and a LoRA run could not fit even a handful of samples.
-        text_config=PhiConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=256, num_hidden_layers=2,
-                              num_attention_heads=2, max_position_embeddings=2048, partial_rotary_factor=0.5,
-                              initializer_range=0.1,
-                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                               "partial_rotary_factor": 0.5}),
-        vision_tower="vision", audio_tower="audio", llm="llm", tokenizer_name=None,
+        text_config=PhiConfig(
+            vocab_size=vocab_size,
+            hidden_size=64,
+            intermediate_size=256,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            max_position_embeddings=2048,
+            partial_rotary_factor=0.5,
+            initializer_range=0.1,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5},
+        ),
+        vision_tower="vision",
+        audio_tower="audio",
+        llm="llm",
+        tokenizer_name=None,
         vision_projector_init=None,
     )
 
@@ -101,11 +157,16 @@ def build_tiny_tokenizer(vocab_size: int = 1024):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 8, special_tokens=[EOS], show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size - 8,
+        special_tokens=[EOS],
+        show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
     tok.train_from_iterator([_TINY_CORPUS] * 4, trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS,
-                                   pad_token=EOS, model_max_length=2048)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS, model_max_length=2048
+    )
     return fast
 
 

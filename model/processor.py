@@ -33,7 +33,8 @@ class ContextLengthError(ValueError):
         super().__init__(
             f"the prompt needs {prompt_tokens} tokens (media included) and max_tokens asks for {max_new_tokens} more: "
             f"{needed} in all, {self.over} over the model's context of {limit} tokens; "
-            "shorten the conversation or lower max_tokens")
+            "shorten the conversation or lower max_tokens"
+        )
 
 
 def add_media_tokens(tokenizer) -> None:
@@ -55,8 +56,12 @@ class AVChatProcessor:
         self.audio_token_id = tokenizer.convert_tokens_to_ids(config.audio_token)
         self.video_token_id = tokenizer.convert_tokens_to_ids(config.video_token)
         self.feature_extractor = WhisperFeatureExtractor(
-            feature_size=config.audio_config.num_mel_bins, sampling_rate=16_000,
-            chunk_length=int(config.audio_seconds), hop_length=160, n_fft=400)
+            feature_size=config.audio_config.num_mel_bins,
+            sampling_rate=16_000,
+            chunk_length=int(config.audio_seconds),
+            hop_length=160,
+            n_fft=400,
+        )
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> AVChatProcessor:
@@ -64,8 +69,11 @@ class AVChatProcessor:
         from transformers import AutoTokenizer
 
         config = AVChatConfig.from_pretrained(folder)
-        source = os.path.join(folder, config.tokenizer_name) if config.tokenizer_name and os.path.isdir(
-            os.path.join(folder, config.tokenizer_name)) else (config.tokenizer_name or folder)
+        source = (
+            os.path.join(folder, config.tokenizer_name)
+            if config.tokenizer_name and os.path.isdir(os.path.join(folder, config.tokenizer_name))
+            else (config.tokenizer_name or folder)
+        )
         return cls(AutoTokenizer.from_pretrained(source), config)
 
     # -- media ----------------------------------------------------------------------------------
@@ -91,8 +99,9 @@ class AVChatProcessor:
             text = text.replace(token + "\n", "").replace(token, "")
         return text.strip()
 
-    def segments(self, messages: list[dict], has_audio: bool, has_video: bool,
-                 add_generation_prompt: bool = True) -> list[tuple[str, bool]]:
+    def segments(
+        self, messages: list[dict], has_audio: bool, has_video: bool, add_generation_prompt: bool = True
+    ) -> list[tuple[str, bool]]:
         """The prompt as (text, learned) pieces: answers and their EOS are learned, the rest not."""
         system = self.config.system_prompt
         turns = []
@@ -143,9 +152,14 @@ class AVChatProcessor:
                 labels.extend([tid] * n if learned else [IGNORE_INDEX] * n)
         return ids, labels
 
-    def encode_chat(self, messages: list[dict], has_audio: bool, has_video: bool,
-                    add_generation_prompt: bool = True, max_new_tokens: int = 0
-                    ) -> tuple[list[int], list[int], dict[str, int]]:
+    def encode_chat(
+        self,
+        messages: list[dict],
+        has_audio: bool,
+        has_video: bool,
+        add_generation_prompt: bool = True,
+        max_new_tokens: int = 0,
+    ) -> tuple[list[int], list[int], dict[str, int]]:
         """Token ids, labels and token counts of a chat; raises ``ContextLengthError`` when the
         prompt plus ``max_new_tokens`` cannot fit the context."""
         ids, labels = self.tokenize(self.segments(messages, has_audio, has_video, add_generation_prompt))

@@ -10,10 +10,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from model.media import (MediaError, MediaLimitError, MediaLimits, NotAContainerError, Window, check_file,
-                         plan_sampling, probe, probe_job, run_job)
+from model.decoding import plan_sampling
+from model.ffmpeg import run_job
+from model.media import MediaError, MediaLimitError, MediaLimits, NotAContainerError, Window, check_file
 from model.pipeline import decode
 from model.presets import tiny_config
+from model.probe import probe, probe_job
 from tests.conftest import ffmpeg
 
 CONFIG = tiny_config()  # the real geometry: 100 frames at 384 px, one 30 s audio window
@@ -36,9 +38,23 @@ def test_frames_are_taken_from_the_middle_of_equal_segments(clips):
 def test_the_chosen_frames_are_the_ones_decoded(tmp_path):
     """Each frame shows its own index (drawn into the picture), so the pixels prove which one came out."""
     path = tmp_path / "numbered.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=black:size=64x64:rate=20:duration=10", "-vf",
-           "drawbox=x=0:y=0:w=64:h=64:color=white@1:t=fill:enable='lt(mod(n,2),1)'",
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-f", "mpegts", str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:size=64x64:rate=20:duration=10",
+        "-vf",
+        "drawbox=x=0:y=0:w=64:h=64:color=white@1:t=fill:enable='lt(mod(n,2),1)'",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "mpegts",
+        str(path),
+    )
     info = probe(str(path))
     frames = frames_of(path, n=10, size=32)
     for img, t in zip(frames.frames, frames.timestamps):
@@ -98,9 +114,23 @@ def test_open_gop_keyframes_the_decoder_skips_fall_back_to_a_full_decode(odd_cli
         assert abs(t - (i + 0.5) * 2) <= 1 / 60 + 1e-3
 
 
-@pytest.mark.parametrize("name", ["long.ts", "offset.mp4", "audio_first.mkv", "bframes.mp4", "open_gop.mp4",
-                                  "vfr.mkv", "edit_list.mp4", "rotated.mp4", "ntsc.mp4", "one_frame.mp4",
-                                  "silent_video.webm", "audio_only.m4a"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "long.ts",
+        "offset.mp4",
+        "audio_first.mkv",
+        "bframes.mp4",
+        "open_gop.mp4",
+        "vfr.mkv",
+        "edit_list.mp4",
+        "rotated.mp4",
+        "ntsc.mp4",
+        "one_frame.mp4",
+        "silent_video.webm",
+        "audio_only.m4a",
+    ],
+)
 def test_files_with_awkward_timing_decode_fully(odd_clips, name):
     path, has_video, has_audio = odd_clips[name]
     media = decode(str(path), CONFIG)
@@ -143,20 +173,52 @@ def test_audio_is_cut_to_the_window_and_the_report_says_what_was_not_heard(media
 
 def test_a_time_window_samples_inside_it_and_audio_starts_at_its_start(tmp_path):
     path = tmp_path / "two_tones.mp4"  # 300 Hz for 4 s, then 1200 Hz for 4 s
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=96x96:rate=25:duration=8", "-f", "lavfi",
-           "-i", "sine=frequency=300:duration=4", "-f", "lavfi", "-i", "sine=frequency=1200:duration=4",
-           "-filter_complex", "[1:a][2:a]concat=n=2:v=0:a=1[a]", "-map", "0:v", "-map", "[a]",
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=96x96:rate=25:duration=8",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=300:duration=4",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=1200:duration=4",
+        "-filter_complex",
+        "[1:a][2:a]concat=n=2:v=0:a=1[a]",
+        "-map",
+        "0:v",
+        "-map",
+        "[a]",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        str(path),
+    )
     media = decode(str(path), CONFIG, window=Window(4.5, 8.0))
-    assert 4.5 <= min(media.frames.timestamps) and max(media.frames.timestamps) < 8.0
+    assert min(media.frames.timestamps) >= 4.5 and max(media.frames.timestamps) < 8.0
     assert len(media.frames.frames) == 87  # every frame of the 3.5 s span (fewer than 100)
     spectrum = np.abs(np.fft.rfft(media.audio[:16000]))
     assert abs(np.argmax(spectrum) - 1200) <= 3
     assert media.report.duration_s == pytest.approx(3.5) and media.report.audio_s == pytest.approx(3.5, abs=0.05)
 
 
-@pytest.mark.parametrize("window, fragment", [(Window(12, None), "past the end"), (Window(2, 1), "before end"),
-                                              (Window(-1, 3), "at least 0"), (Window(0, 50), "past the end")])
+@pytest.mark.parametrize(
+    "window, fragment",
+    [
+        (Window(12, None), "past the end"),
+        (Window(2, 1), "before end"),
+        (Window(-1, 3), "at least 0"),
+        (Window(0, 50), "past the end"),
+    ],
+)
 def test_a_window_outside_the_file_is_refused(clips, window, fragment):
     from model.media import InvalidWindow
 
@@ -179,8 +241,17 @@ def test_audio_only_file(media_dir):
 @pytest.mark.parametrize("fmt, codec", [("png", "png"), ("jpg", "mjpeg"), ("webp", "libwebp"), ("gif", "gif")])
 def test_still_images_are_one_frame_videos(tmp_path, fmt, codec):
     path = tmp_path / f"picture.{fmt}"
-    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=80x60:rate=5:duration=1", "-frames:v", "1" if fmt != "gif" else "5",
-           "-c:v", codec, str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:size=80x60:rate=5:duration=1",
+        "-frames:v",
+        "1" if fmt != "gif" else "5",
+        "-c:v",
+        codec,
+        str(path),
+    )
     media = decode(str(path), CONFIG)
     assert media.info.is_image and media.frames.mode == "image" and len(media.frames.frames) == 1
     assert media.frames.frames[0, ..., 0].mean() > 180 and media.audio is None
@@ -202,8 +273,13 @@ def test_bad_files_raise_the_typed_error(kind, tmp_path, media_dir, clips):
         decode(str(path), CONFIG)
     message = str(err.value)
     assert path.name in message
-    expected = {"text": "not a readable media file", "empty": "empty", "truncated": "truncated",
-                "truncated_no_index": "not a readable media file", "missing": "no such file"}[kind]
+    expected = {
+        "text": "not a readable media file",
+        "empty": "empty",
+        "truncated": "truncated",
+        "truncated_no_index": "not a readable media file",
+        "missing": "no such file",
+    }[kind]
     assert expected in message
 
 
@@ -252,21 +328,33 @@ def hostile_files(d, target, url: str) -> dict[str, bytes]:
         "hls_absolute": f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\n{target}\n#EXT-X-ENDLIST\n".encode(),
         "hls_relative": f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\n{rel}\n#EXT-X-ENDLIST\n".encode(),
         "hls_url": f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10.0,\n{url}/seg.ts\n#EXT-X-ENDLIST\n".encode(),
-        "dash": (f'<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
-                 f'mediaPresentationDuration="PT10S"><BaseURL>{target}</BaseURL><Period><AdaptationSet>'
-                 f'<Representation id="1" bandwidth="1000" mimeType="video/mp2t"/></AdaptationSet></Period></MPD>\n'
-                 ).encode(),
+        "dash": (
+            f'<?xml version="1.0"?>\n<MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+            f'mediaPresentationDuration="PT10S"><BaseURL>{target}</BaseURL><Period><AdaptationSet>'
+            f'<Representation id="1" bandwidth="1000" mimeType="video/mp2t"/></AdaptationSet></Period></MPD>\n'
+        ).encode(),
         "ffconcat": f"ffconcat version 1.0\nfile '{rel}'\n".encode(),
         "sdp": f"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=video {url.rsplit(':', 1)[1]} "
-               "RTP/AVP 96\na=rtpmap:96 H264/90000\n".encode(),
+        "RTP/AVP 96\na=rtpmap:96 H264/90000\n".encode(),
     }
 
 
 @pytest.fixture
 def hostile(tmp_path, listener):
     target = tmp_path / "secret.ts"  # a real, decodable local file the hostile files name
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x64:rate=10:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-           "-f", "mpegts", str(target))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x64:rate=10:duration=2",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "mpegts",
+        str(target),
+    )
     files = {}
     for name, data in hostile_files(tmp_path, target, listener).items():
         files[name] = tmp_path / f"{name}.mp4"
@@ -303,8 +391,21 @@ def test_check_file_names_images_for_their_own_demuxer(tmp_path):
 def decode_bomb(tmp_path_factory):
     """About 200 kB of H.264 that decodes to 8192 x 8192 frames."""
     path = tmp_path_factory.mktemp("bomb") / "bomb.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=black:size=8192x8192:rate=25", "-frames:v", "10", "-c:v", "libx264",
-           "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(path))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:size=8192x8192:rate=25",
+        "-frames:v",
+        "10",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+    )
     return path
 
 
