@@ -19,7 +19,8 @@ COPY model ./model
 COPY service ./service
 COPY training ./training
 COPY clients ./clients
-RUN pip install ".[train]" && python -c "import service.app, model, clients"
+COPY scripts ./scripts
+RUN pip install ".[train]" && python -c "import service.app, model, clients, deepspeed"
 
 RUN useradd --create-home --uid 1000 avchat \
  && mkdir -p /data/hf /data/checkpoints /data/avchat /tmp/avchat \

@@ -19,8 +19,9 @@ def _pyplot():
     return plt
 
 
-def line(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str,
-         title: str) -> None:
+def line(
+    path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]], xlabel: str, ylabel: str, title: str
+) -> None:
     plt = _pyplot()
     if plt is None or not any(len(xs) for xs, _ in series.values()):
         return
@@ -38,8 +39,15 @@ def line(path: Path, series: dict[str, tuple[Sequence[float], Sequence[float]]],
     plt.close(fig)
 
 
-def bars(path: Path, groups: Sequence[str], series: dict[str, Sequence[float | None]], ylabel: str, title: str,
-         ylim: tuple[float, float], marks: dict[str, Sequence[float]] | None = None) -> None:
+def bars(
+    path: Path,
+    groups: Sequence[str],
+    series: dict[str, Sequence[float | None]],
+    ylabel: str,
+    title: str,
+    ylim: tuple[float, float],
+    marks: dict[str, Sequence[float]] | None = None,
+) -> None:
     """Grouped bars; a None value (not measured) leaves a gap, never a zero bar."""
     plt = _pyplot()
     if plt is None:

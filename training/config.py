@@ -99,12 +99,14 @@ def parse_config(argv: list[str] | None, *, stage: str, defaults: dict | None = 
     """--config YAML, then --field value overrides (every field; lists comma-separated)."""
     hints = typing.get_type_hints(TrainConfig)
     docs = _field_docs()
-    parser = argparse.ArgumentParser(prog=f"python -m training.{stage}",
-                                     description=f"Stage {'1' if stage == 'pretrain' else '2'} training.")
+    parser = argparse.ArgumentParser(
+        prog=f"python -m training.{stage}", description=f"Stage {'1' if stage == 'pretrain' else '2'} training."
+    )
     parser.add_argument("--config", help="a YAML recipe (training/recipes/*.yaml); flags override it")
     for f in dataclasses.fields(TrainConfig):
-        parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar="VALUE",
-                            help=docs.get(f.name, ""))
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f.name, default=None, metavar="VALUE", help=docs.get(f.name, "")
+        )
     ns = parser.parse_args(argv)
     values: dict = dict(defaults or {})
     problems: list[str] = []
@@ -112,7 +114,8 @@ def parse_config(argv: list[str] | None, *, stage: str, defaults: dict | None = 
         if not os.path.exists(ns.config):
             problems.append(f"--config {ns.config}: no such file")
         else:
-            recipe = yaml.safe_load(open(ns.config)) or {}
+            with open(ns.config, encoding="utf-8") as f:
+                recipe = yaml.safe_load(f) or {}
             unknown = set(recipe) - set(hints)
             problems += [f"{ns.config}: unknown field {k!r}" for k in sorted(unknown)]
             values.update({k: v for k, v in recipe.items() if k in hints})
@@ -143,8 +146,17 @@ def validate(cfg: TrainConfig, stage: str) -> list[str]:
         problems.append(f"modalities: use audio and/or video, not {sorted(bad) or 'nothing'}")
     if stage == "pretrain" and cfg.branch not in ("audio", "vision"):
         problems.append(f"branch: audio or vision, not {cfg.branch!r}")
-    for name in ("learning_rate", "num_train_epochs", "per_device_train_batch_size", "gradient_accumulation_steps",
-                 "lora_r", "lora_alpha", "max_length", "logging_steps", "save_steps"):
+    for name in (
+        "learning_rate",
+        "num_train_epochs",
+        "per_device_train_batch_size",
+        "gradient_accumulation_steps",
+        "lora_r",
+        "lora_alpha",
+        "max_length",
+        "logging_steps",
+        "save_steps",
+    ):
         if getattr(cfg, name) <= 0:
             problems.append(f"{name}: must be positive, got {getattr(cfg, name)}")
     if not 0 <= cfg.lora_dropout < 1:

@@ -90,8 +90,16 @@ class ManifestDataset(Dataset):
     """Samples of one or more manifests, processed for the model. ``modalities`` says which
     branches this run uses (the vision-only baseline drops audio everywhere)."""
 
-    def __init__(self, manifests: list[str], processor, modalities: list[str], feature_store=None,
-                 skip_log: SkipLog | None = None, max_length: int | None = None, data_root: str | None = None):
+    def __init__(
+        self,
+        manifests: list[str],
+        processor,
+        modalities: list[str],
+        feature_store=None,
+        skip_log: SkipLog | None = None,
+        max_length: int | None = None,
+        data_root: str | None = None,
+    ):
         self.rows = [row for m in manifests for row in read_manifest(m, data_root)]
         if not self.rows:
             raise ValueError(f"no samples in {', '.join(manifests)}")

@@ -15,14 +15,15 @@ import os
 import sys
 from pathlib import Path
 
-from safetensors.torch import load_file
-from transformers.trainer_utils import get_last_checkpoint
-
 from .config import TrainConfig
-from .trainer import TRAINABLE_FILE, setup
 
 
 def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = True) -> Path:
+    from safetensors.torch import load_file
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from .trainer import TRAINABLE_FILE, setup
+
     run = Path(run)
     ckpt = run if (run / TRAINABLE_FILE).exists() else None
     if ckpt is None:
@@ -35,8 +36,10 @@ def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = True
         raise FileNotFoundError(f"{config_file}: missing; export needs the run's configuration")
     values = json.loads(config_file.read_text())
     if values.get("stage") not in ("pretrain", "finetune"):
-        raise ValueError(f"{config_file} does not say which stage the run was (a run from an older release); "
-                         "add \"stage\": \"pretrain\" or \"finetune\" to it")
+        raise ValueError(
+            f"{config_file} does not say which stage the run was (a run from an older release); "
+            'add "stage": "pretrain" or "finetune" to it'
+        )
     cfg = TrainConfig(**{k: v for k, v in values.items() if k in TrainConfig.__dataclass_fields__})
     model = setup(cfg, values["stage"])
     state = load_file(ckpt / TRAINABLE_FILE)

@@ -9,7 +9,8 @@ and writes its own shards and index, so 100K videos spread over all devices; rea
 indexes. Layout of a cache folder (one per encoder configuration)::
 
     encoder.json                 the encoder config the features belong to (a mismatch is refused)
-    index-<writer>.json          {"entries": {sha256: {"shard": file, "kinds": [...]}}, "paths": {path: [size, mtime, sha256]}}
+    index-<writer>.json          {"entries": {sha256: {"shard": file, "kinds": [...]}},
+                                  "paths": {path: [size, mtime, sha256]}}
     shard-<writer>-00000.safetensors
         "<sha256>.video" (num_frames + patches, Cv) pooled SigLIP tokens,
         "<sha256>.audio" (64, Ca) Whisper read-out; before the projectors, which training changes
@@ -42,11 +43,18 @@ def file_sha256(path: str, chunk: int = 1 << 20) -> str:
 
 def encoder_signature(config) -> dict:
     """What the cached features depend on: encoders, frame count, resolution, layer, audio window."""
-    return {"vision": config.vision_tower, "audio": config.audio_tower,
-            "vision_hidden": config.vision_config.hidden_size, "vision_layers": config.vision_config.num_hidden_layers,
-            "audio_hidden": config.audio_config.d_model, "num_frames": config.num_frames,
-            "image_size": config.image_size, "feature_layer": config.vision_feature_layer,
-            "audio_tokens": config.audio_tokens, "audio_seconds": config.audio_seconds}
+    return {
+        "vision": config.vision_tower,
+        "audio": config.audio_tower,
+        "vision_hidden": config.vision_config.hidden_size,
+        "vision_layers": config.vision_config.num_hidden_layers,
+        "audio_hidden": config.audio_config.d_model,
+        "num_frames": config.num_frames,
+        "image_size": config.image_size,
+        "feature_layer": config.vision_feature_layer,
+        "audio_tokens": config.audio_tokens,
+        "audio_seconds": config.audio_seconds,
+    }
 
 
 class FeatureStore:
@@ -58,8 +66,9 @@ class FeatureStore:
         if sig_file.exists():
             found = json.loads(sig_file.read_text())
             if found != self.signature:
-                raise ValueError(f"feature cache {folder} was built for other encoders ({found}); "
-                                 "use another --feature-cache folder")
+                raise ValueError(
+                    f"feature cache {folder} was built for other encoders ({found}); use another --feature-cache folder"
+                )
         self.index: dict = {"entries": {}, "paths": {}}
         self.own: dict = {"entries": {}, "paths": {}}  # what this writer wrote
         for part in sorted(self.folder.glob("index*.json")):
@@ -198,16 +207,19 @@ def build(args) -> int:
         return path, key, tensors, None
 
     done = 0
-    with ThreadPoolExecutor(max(1, args.workers)) as pool, tqdm(total=len(media), desc=f"features {rank}/{world}",
-                                                                 unit="file") as bar:
+    with (
+        ThreadPoolExecutor(max(1, args.workers)) as pool,
+        tqdm(total=len(media), desc=f"features {rank}/{world}", unit="file") as bar,
+    ):
         batch: list[tuple[str, str, pipeline.MediaTensors]] = []
 
         def encode_batch():
             nonlocal done
             feats = pipeline.encode(model, [t for _, _, t in batch])
             for (path, key, _), f in zip(batch, feats):
-                store.add(path, key, {k: v.float() for k, v in (("video", f.video), ("audio", f.audio))
-                                      if v is not None})
+                store.add(
+                    path, key, {k: v.float() for k, v in (("video", f.video), ("audio", f.audio)) if v is not None}
+                )
                 done += 1
             batch.clear()
 
@@ -236,9 +248,16 @@ def parser(prog: str = "python -m training.features") -> argparse.ArgumentParser
     p.add_argument("--model", default="tiny", help="checkpoint folder or preset whose encoders to use")
     p.add_argument("--cache", required=True, help="the feature cache folder")
     p.add_argument("--device", default="cpu", help="cpu or cuda (under torchrun: each rank its own GPU)")
-    p.add_argument("--data-root", default=None, help="where relative media paths start (default: the manifest's folder)")
-    p.add_argument("--shard", type=lambda t: tuple(int(x) for x in t.split("/")), default=None, metavar="I/N",
-                   help="encode only the I-th of N parts (default: RANK/WORLD_SIZE of a torchrun launch)")
+    p.add_argument(
+        "--data-root", default=None, help="where relative media paths start (default: the manifest's folder)"
+    )
+    p.add_argument(
+        "--shard",
+        type=lambda t: tuple(int(x) for x in t.split("/")),
+        default=None,
+        metavar="I/N",
+        help="encode only the I-th of N parts (default: RANK/WORLD_SIZE of a torchrun launch)",
+    )
     p.add_argument("--shard-size", type=int, default=256, help="files per safetensors shard")
     p.add_argument("--batch-size", type=int, default=8, help="files encoded together")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel decodes")

@@ -32,11 +32,13 @@ import wave
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
+import numpy as np
 from tqdm import tqdm
 
-import numpy as np
-
-from model.media import AUDIO_SAMPLE_RATE, MediaError, MediaLimits, audio_job, probe, run_job
+from model.decoding import audio_job
+from model.ffmpeg import run_job
+from model.media import AUDIO_SAMPLE_RATE, MediaError, MediaLimits
+from model.probe import probe
 
 from . import jsonl
 from .templates import CAPTION_TEMPLATES, IMAGE_CAPTION_TEMPLATES, TRANSCRIBE_TEMPLATES, pick_template
@@ -91,8 +93,10 @@ class ManifestWriter:
             jsonl.append(self.skip_path, [{"item": item, "reason": reason}])
 
     def report(self, what: str) -> None:
-        print(f"{what}: wrote {self.written} new samples to {self.path} ({len(self.done)} in all); "
-              f"skipped {len(self.skipped)}" + (f" (see {self.skip_path})" if self.skipped else ""))
+        print(
+            f"{what}: wrote {self.written} new samples to {self.path} ({len(self.done)} in all); "
+            f"skipped {len(self.skipped)}" + (f" (see {self.skip_path})" if self.skipped else "")
+        )
         for item, reason in self.skipped[:10]:
             print(f"  skipped {item}: {reason}")
         if len(self.skipped) > 10:
@@ -101,8 +105,7 @@ class ManifestWriter:
 
 def run_parallel(jobs: list, work, writer: ManifestWriter, workers: int, desc: str) -> None:
     """Runs ``work(job) -> list[row]`` over jobs with a progress bar; a ``Skip`` is recorded."""
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, tqdm(total=len(jobs), desc=desc,
-                                                                      unit="item") as bar:
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool, tqdm(total=len(jobs), desc=desc, unit="item") as bar:
         futures = {pool.submit(work, job): job for job in jobs}
         for future in as_completed(futures):
             job = futures[future]
@@ -147,8 +150,11 @@ def commonvoice(args) -> ManifestWriter:
     if rows and not {"path", "sentence"} <= set(rows[0]):
         raise SystemExit(f"error: {tsv} needs the CommonVoice columns 'path' and 'sentence'")
     writer = ManifestWriter(args.out, args.data_root)
-    jobs = [(r["path"], r["sentence"]) for r in rows[: args.limit or None]
-            if f"cv-{Path(r['path']).stem}" not in writer.done]
+    jobs = [
+        (r["path"], r["sentence"])
+        for r in rows[: args.limit or None]
+        if f"cv-{Path(r['path']).stem}" not in writer.done
+    ]
 
     def work(job):
         name, sentence = job
@@ -157,9 +163,17 @@ def commonvoice(args) -> ManifestWriter:
         path = str((clips / name).resolve())
         _check_audio(path)
         sid = f"cv-{Path(name).stem}"
-        return [{"id": sid, "audio": path, "task": "transcribe", "conversations": [
-            {"from": "human", "value": "<audio>\n" + pick_template(TRANSCRIBE_TEMPLATES, sid, args.seed)},
-            {"from": "gpt", "value": sentence.strip()}]}]
+        return [
+            {
+                "id": sid,
+                "audio": path,
+                "task": "transcribe",
+                "conversations": [
+                    {"from": "human", "value": "<audio>\n" + pick_template(TRANSCRIBE_TEMPLATES, sid, args.seed)},
+                    {"from": "gpt", "value": sentence.strip()},
+                ],
+            }
+        ]
 
     run_parallel(jobs, work, writer, args.workers, "commonvoice")
     return writer
@@ -186,9 +200,15 @@ def audiocaps(args) -> ManifestWriter:
             raise Skip(f"no audio file for youtube_id {r['youtube_id']} in {audio_dir}")
         info = _check_audio(str(found))
         sid = f"ac-{cap_id}"
-        row = {"id": sid, "audio": str(found.resolve()), "task": "caption", "conversations": [
-            {"from": "human", "value": "<audio>\n" + pick_template(CAPTION_TEMPLATES, sid, args.seed)},
-            {"from": "gpt", "value": r["caption"].strip()}]}
+        row = {
+            "id": sid,
+            "audio": str(found.resolve()),
+            "task": "caption",
+            "conversations": [
+                {"from": "human", "value": "<audio>\n" + pick_template(CAPTION_TEMPLATES, sid, args.seed)},
+                {"from": "gpt", "value": r["caption"].strip()},
+            ],
+        }
         start = float(r.get("start_time") or 0)
         if info.duration > AUDIOCAPS_SECONDS + 1:  # a full-length recording: its 10 s segment
             if start >= info.duration:
@@ -254,9 +274,14 @@ def videoinstruct(args) -> ManifestWriter:
             extract_wav(str(found), wav)
         rows = []
         for n, item in items:
-            row = {"id": f"vi-{video_id}-{n}", "video": str(found.resolve()), "conversations": [
-                {"from": "human", "value": "<video>\n" + ("<audio>\n" if wav else "") + item["q"].strip()},
-                {"from": "gpt", "value": item["a"].strip()}]}
+            row = {
+                "id": f"vi-{video_id}-{n}",
+                "video": str(found.resolve()),
+                "conversations": [
+                    {"from": "human", "value": "<video>\n" + ("<audio>\n" if wav else "") + item["q"].strip()},
+                    {"from": "gpt", "value": item["a"].strip()},
+                ],
+            }
             if wav is not None:
                 row["audio"] = str(wav.resolve())
             rows.append(row)
@@ -272,8 +297,11 @@ def laion(args) -> ManifestWriter:
     root = Path(args.images)
     images = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
     writer = ManifestWriter(args.out, args.data_root)
-    jobs = [(str(p), p) for p in images[: args.limit or None]
-            if f"img-{p.relative_to(root).with_suffix('')}".replace("/", "-") not in writer.done]
+    jobs = [
+        (str(p), p)
+        for p in images[: args.limit or None]
+        if f"img-{p.relative_to(root).with_suffix('')}".replace("/", "-") not in writer.done
+    ]
 
     def work(job):
         _, path = job
@@ -289,9 +317,17 @@ def laion(args) -> ManifestWriter:
         except MediaError as exc:
             raise Skip(str(exc)) from None
         sid = f"img-{path.relative_to(root).with_suffix('')}".replace("/", "-")
-        return [{"id": sid, "image": str(path.resolve()), "task": "image_caption", "conversations": [
-            {"from": "human", "value": "<video>\n" + pick_template(IMAGE_CAPTION_TEMPLATES, sid, args.seed)},
-            {"from": "gpt", "value": caption}]}]
+        return [
+            {
+                "id": sid,
+                "image": str(path.resolve()),
+                "task": "image_caption",
+                "conversations": [
+                    {"from": "human", "value": "<video>\n" + pick_template(IMAGE_CAPTION_TEMPLATES, sid, args.seed)},
+                    {"from": "gpt", "value": caption},
+                ],
+            }
+        ]
 
     run_parallel(jobs, work, writer, args.workers, "laion")
     return writer
@@ -312,8 +348,11 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel workers")
         sp.add_argument("--limit", type=int, default=0, help="use only the first N source items (0: all)")
         sp.add_argument("--seed", type=int, default=0, help="seed for the instruction-template draw")
-        sp.add_argument("--data-root", default=None,
-                        help="media paths are written relative to this folder (default: the manifest's folder)")
+        sp.add_argument(
+            "--data-root",
+            default=None,
+            help="media paths are written relative to this folder (default: the manifest's folder)",
+        )
 
     cv = sub.add_parser("commonvoice", help="CommonVoice TSV + clips -> transcription samples")
     cv.add_argument("--tsv", required=True)
@@ -346,8 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.source == "audiocaps" and not os.path.isdir(args.audio_dir):
         print(f"error: --audio-dir {args.audio_dir}: no such folder", file=sys.stderr)
         return 2
-    writer = {"commonvoice": commonvoice, "audiocaps": audiocaps, "videoinstruct": videoinstruct,
-              "laion": laion}[args.source](args)
+    writer = {"commonvoice": commonvoice, "audiocaps": audiocaps, "videoinstruct": videoinstruct, "laion": laion}[
+        args.source
+    ](args)
     writer.report(args.source)
     return 0
 

@@ -13,8 +13,9 @@ from .config import parse_config
 
 
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(sys.argv[1:] if argv is None else argv, stage="pretrain",
-                       defaults={"learning_rate": 5e-4, "projector_lr": None})
+    cfg = parse_config(
+        sys.argv[1:] if argv is None else argv, stage="pretrain", defaults={"learning_rate": 5e-4, "projector_lr": None}
+    )
     from .trainer import fit  # torch and transformers load only once the arguments are valid
 
     fit(cfg, "pretrain")

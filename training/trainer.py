@@ -7,7 +7,8 @@ the Trainer, resuming from the newest checkpoint. The trainer runs the frozen en
 raw media of a batch (``model.pipeline.encode``) and feeds the model encoder features, whether
 they came from the feature cache or not. In a distributed run every rank trains on its share of
 the data, and only the first writes the run's files: ``run_config.json`` (with the stage),
-``log_history.json``, ``loss.png``, ``skipped.jsonl`` and the served checkpoint ``final/``.
+``log_history.json``, ``loss.png``, ``skipped.jsonl``, ``ranks.json`` (how many samples each rank
+trained on) and the served checkpoint ``final/``.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from model import AVChatModel, pipeline
@@ -69,9 +70,19 @@ def encoder_features(model: AVChatModel, batch: dict) -> dict:
     inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "labels") if k in batch}
     raw_video, raw_audio = batch.get("video_raw", []), batch.get("audio_raw", [])
     n = max(len(raw_video), len(raw_audio))
-    encoded = pipeline.encode(model, [pipeline.MediaTensors(raw_video[i] if i < len(raw_video) else None,
-                                                            raw_audio[i] if i < len(raw_audio) else None)
-                                      for i in range(n)]) if n else []
+    encoded = (
+        pipeline.encode(
+            model,
+            [
+                pipeline.MediaTensors(
+                    raw_video[i] if i < len(raw_video) else None, raw_audio[i] if i < len(raw_audio) else None
+                )
+                for i in range(n)
+            ],
+        )
+        if n
+        else []
+    )
     for kind in ("video", "audio"):
         if f"{kind}_is_cached" not in batch:
             continue
@@ -99,11 +110,13 @@ class AVTrainer(Trainer):
     def __init__(self, *args, projector_lr: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.projector_lr = projector_lr
+        self.samples_seen = 0  # by this rank: a distributed run's ranks each see their share
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if model.training:
+            self.samples_seen += int(inputs["input_ids"].shape[0])
         inputs = encoder_features(self.accelerator.unwrap_model(model), inputs)
-        return super().compute_loss(model, inputs, return_outputs=return_outputs,
-                                    num_items_in_batch=num_items_in_batch)
+        return super().compute_loss(model, inputs, return_outputs=return_outputs, num_items_in_batch=num_items_in_batch)
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -116,15 +129,17 @@ class AVTrainer(Trainer):
                 groups.append({"params": others, "lr": self.args.learning_rate})
             if projectors:
                 groups.append({"params": projectors, "lr": self.projector_lr or self.args.learning_rate})
-            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate,
-                                               weight_decay=self.args.weight_decay)
+            self.optimizer = torch.optim.AdamW(groups, lr=self.args.learning_rate, weight_decay=self.args.weight_decay)
         return self.optimizer
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         output_dir = output_dir or self.args.output_dir
         os.makedirs(output_dir, exist_ok=True)
         model = self.accelerator.unwrap_model(self.model)
-        trainable = {n: p.detach().contiguous().cpu() for n, p in model.named_parameters() if p.requires_grad}
+        names = [n for n, p in model.named_parameters() if p.requires_grad]
+        # Under DeepSpeed ZeRO-3 the Trainer hands over the gathered state dict; parameters here are shards.
+        source = state_dict if state_dict is not None else dict(model.named_parameters())
+        trainable = {n: source[n].detach().contiguous().cpu() for n in names if n in source}
         save_file(trainable, os.path.join(output_dir, TRAINABLE_FILE))
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
@@ -139,18 +154,30 @@ class AVTrainer(Trainer):
 
 def training_arguments(cfg: TrainConfig, out: Path) -> TrainingArguments:
     return TrainingArguments(
-        output_dir=str(out), num_train_epochs=cfg.num_train_epochs, max_steps=cfg.max_steps,
+        output_dir=str(out),
+        num_train_epochs=cfg.num_train_epochs,
+        max_steps=cfg.max_steps,
         per_device_train_batch_size=cfg.per_device_train_batch_size,
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps, learning_rate=cfg.learning_rate,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
         warmup_steps=cfg.warmup_ratio,  # a float below 1 is a ratio of all steps
-        lr_scheduler_type=cfg.lr_scheduler_type, weight_decay=cfg.weight_decay,
-        bf16=cfg.bf16, gradient_checkpointing=cfg.gradient_checkpointing, logging_steps=cfg.logging_steps,
-        save_steps=cfg.save_steps, save_total_limit=cfg.save_total_limit, seed=cfg.seed,
-        full_determinism=cfg.deterministic, dataloader_num_workers=cfg.dataloader_num_workers,
-        deepspeed=cfg.deepspeed, report_to=[] if cfg.report_to in ("none", "") else [cfg.report_to],
-        remove_unused_columns=False, disable_tqdm=False,
+        lr_scheduler_type=cfg.lr_scheduler_type,
+        weight_decay=cfg.weight_decay,
+        bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        logging_steps=cfg.logging_steps,
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        seed=cfg.seed,
+        full_determinism=cfg.deterministic,
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        deepspeed=cfg.deepspeed,
+        report_to=[] if cfg.report_to in ("none", "") else [cfg.report_to],
+        remove_unused_columns=False,
+        disable_tqdm=False,
         # Without a GPU, say so: bf16 then runs on the CPU, and torchrun's ranks form a real (gloo) DDP group.
-        use_cpu=not torch.cuda.is_available())
+        use_cpu=not torch.cuda.is_available(),
+    )
 
 
 def fit(cfg: TrainConfig, stage: str) -> Path:
@@ -161,6 +188,8 @@ def fit(cfg: TrainConfig, stage: str) -> Path:
     if main:
         out.mkdir(parents=True, exist_ok=True)
         (out / "run_config.json").write_text(json.dumps({**vars(cfg), "stage": stage}, indent=1, default=str))
+    # Seed before the model is built: LoRA's A matrices are drawn when the adapter is added.
+    set_seed(cfg.seed, deterministic=cfg.deterministic)
     model = setup(cfg, stage)
     store = None
     if cfg.feature_cache:
@@ -168,29 +197,61 @@ def fit(cfg: TrainConfig, stage: str) -> Path:
 
         store = FeatureStore(cfg.feature_cache, model.config)
     skips = SkipLog(out / ".skipped" / f"{socket.gethostname()}-{os.getpid()}.jsonl")
-    dataset = ManifestDataset(cfg.data, model.processor, model.config.modalities, store, skips, cfg.max_length,
-                              cfg.data_root)
-    trainer = AVTrainer(model=model, args=args, train_dataset=dataset,
-                        data_collator=Collator(model.tokenizer.pad_token_id),
-                        projector_lr=cfg.projector_lr if stage == "finetune" else None)
+    dataset = ManifestDataset(
+        cfg.data, model.processor, model.config.modalities, store, skips, cfg.max_length, cfg.data_root
+    )
+    trainer = AVTrainer(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=Collator(model.tokenizer.pad_token_id),
+        projector_lr=cfg.projector_lr if stage == "finetune" else None,
+    )
     last = get_last_checkpoint(str(out)) if cfg.resume and out.exists() else None
     if last and main:
         log.warning("resuming from %s", last)
         print(f"resuming from {last}")
     trainer.train(resume_from_checkpoint=last)
+    seen = _gather(trainer.samples_seen, args.world_size)
     if trainer.is_world_process_zero():
+        (out / "ranks.json").write_text(json.dumps({"world_size": args.world_size, "samples_per_rank": seen}))
         history = trainer.state.log_history
         (out / "log_history.json").write_text(json.dumps(history, indent=1))
         steps = [h["step"] for h in history if "loss" in h]
-        charts.line(out / "loss.png", {"loss": (steps, [h["loss"] for h in history if "loss" in h])},
-                    "optimizer step", "training loss", f"{stage} ({', '.join(model.config.modalities)})")
+        charts.line(
+            out / "loss.png",
+            {"loss": (steps, [h["loss"] for h in history if "loss" in h])},
+            "optimizer step",
+            "training loss",
+            f"{stage} ({', '.join(model.config.modalities)})",
+        )
         skipped = merge_skips(out)
         if skipped:
             print(f"skipped {skipped} unusable samples (see {out / 'skipped.jsonl'})")
-        if stage == "pretrain" or cfg.export:
+        if (stage == "pretrain" or cfg.export) and _zero3():
+            print(
+                f"DeepSpeed ZeRO-3 keeps the weights sharded: write the served folder with "
+                f"python -m training.export --run {out} --output {out / 'final'}"
+            )
+        elif stage == "pretrain" or cfg.export:
             model.save_pretrained(out / "final", merge=True)
             print(f"wrote the checkpoint folder {out / 'final'}")
     return out
+
+
+def _gather(value, world_size: int) -> list:
+    """``value`` from every rank, in rank order."""
+    if world_size == 1:
+        return [value]
+    gathered = [None] * world_size
+    torch.distributed.all_gather_object(gathered, value)
+    return gathered
+
+
+def _zero3() -> bool:
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
+    return is_deepspeed_zero3_enabled()
 
 
 def merge_skips(out: Path) -> int:

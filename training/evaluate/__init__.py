@@ -5,10 +5,11 @@ benchmark runner.
     python -m training.evaluate predict --questions training/benchmarks/vcgbench/generic_qa.json --videos videos/ \\
         --base-url http://127.0.0.1:8000 --concurrency 4 --out runs/eval/av/generic.jsonl
     # 2. scores from any OpenAI-compatible judge (key from $JUDGE_API_KEY or $OPENAI_API_KEY)
-    python -m training.evaluate judge --predictions runs/eval/av/generic.jsonl --judge-base-url https://api.openai.com/v1 \\
-        --judge-model gpt-4o-mini --out runs/eval/av/generic.judged.jsonl
+    python -m training.evaluate judge --predictions runs/eval/av/generic.jsonl \\
+        --judge-base-url https://api.openai.com/v1 --judge-model gpt-4o-mini --out runs/eval/av/generic.judged.jsonl
     # 3. a table like the paper's, several runs side by side, plus a bar chart
-    python -m training.evaluate report --run vision-only=runs/eval/v --run audio-visual=runs/eval/av --out runs/eval/report
+    python -m training.evaluate report --run vision-only=runs/eval/v --run audio-visual=runs/eval/av \\
+        --out runs/eval/report
 
 Question formats: Video-ChatGPT's JSON lists (``video_name, Q, A``; consistency: ``video_name,
 Q1, Q2, A``), and the audio-visual benchmark's JSON lines (``video, question, answer``).

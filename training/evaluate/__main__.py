@@ -9,12 +9,16 @@ from pathlib import Path
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m training.evaluate",
-                                description="Video-ChatGPT-style evaluation: predict, judge, report.")
+    p = argparse.ArgumentParser(
+        prog="python -m training.evaluate", description="Video-ChatGPT-style evaluation: predict, judge, report."
+    )
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("predict", help="answer a benchmark's questions")
-    pr.add_argument("--questions", required=True, help="generic_qa.json, temporal_qa.json, consistency_qa.json "
-                                                       "or an audio-visual JSON-lines file")
+    pr.add_argument(
+        "--questions",
+        required=True,
+        help="generic_qa.json, temporal_qa.json, consistency_qa.json or an audio-visual JSON-lines file",
+    )
     pr.add_argument("--videos", help="folder of the videos named in the questions")
     src = pr.add_mutually_exclusive_group(required=True)
     src.add_argument("--base-url", help="a running service (our SDK; $AVCHAT_API_KEY for its key)")
@@ -32,8 +36,12 @@ def _parser() -> argparse.ArgumentParser:
     ju.add_argument("--cache", help="judge reply cache (default: beside --out)")
     ju.add_argument("--out", required=True)
     rp = sub.add_parser("report", help="tables and a chart of judged runs, side by side")
-    rp.add_argument("--run", action="append", required=True,
-                    help="NAME=PATH, PATH a judged file or a folder of *.judged.jsonl (repeat per run)")
+    rp.add_argument(
+        "--run",
+        action="append",
+        required=True,
+        help="NAME=PATH, PATH a judged file or a folder of *.judged.jsonl (repeat per run)",
+    )
     rp.add_argument("--out", required=True)
     return p
 
@@ -54,10 +62,18 @@ def main(argv: list[str] | None = None) -> int:
         from .questions import load_questions
 
         modalities = [m.strip() for m in args.modalities.split(",")] if args.modalities else None
-        answerer = (ServiceAnswerer(args.base_url, os.environ.get("AVCHAT_API_KEY"), args.max_tokens, modalities)
-                    if args.base_url else LocalAnswerer(args.checkpoint, args.max_tokens, modalities, args.device))
-        summary = predict(load_questions(args.questions), Path(args.videos) if args.videos else None, answerer,
-                          Path(args.out), args.concurrency)
+        answerer = (
+            ServiceAnswerer(args.base_url, os.environ.get("AVCHAT_API_KEY"), args.max_tokens, modalities)
+            if args.base_url
+            else LocalAnswerer(args.checkpoint, args.max_tokens, modalities, args.device)
+        )
+        summary = predict(
+            load_questions(args.questions),
+            Path(args.videos) if args.videos else None,
+            answerer,
+            Path(args.out),
+            args.concurrency,
+        )
         if summary["questions"] and not summary["answered"]:
             return _fail("no question could be answered (see the missing and failed videos above)", 1)
         return 0
@@ -70,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         cache = JudgeCache(Path(args.cache) if args.cache else out.with_name(out.stem + ".cache.jsonl"))
         try:
-            judge(Path(args.predictions), Judge(args.judge_base_url, args.judge_model, key, cache), out,
-                  args.concurrency)
+            judge(
+                Path(args.predictions), Judge(args.judge_base_url, args.judge_model, key, cache), out, args.concurrency
+            )
         except JudgeUnreachable as exc:
             return _fail(f"{exc}; the scores so far are kept, rerun to continue", 3)
         return 0

@@ -22,22 +22,32 @@ class JudgeUnreachable(RuntimeError):
 
 
 _ASPECTS = {
-    "correctness": ("factual accuracy",
-                    "Judge whether the predicted answer is factually right about the video, using the correct "
-                    "answer as the reference. Contradictions or made-up details lower the score; a paraphrase "
-                    "with the same facts is fully correct."),
-    "detail": ("detail orientation",
-               "Judge how complete and specific the predicted answer is: does it cover everything the correct "
-               "answer covers, with concrete detail rather than generalities?"),
-    "context": ("contextual understanding",
-                "Judge whether the predicted answer fits the overall context of the video as the correct answer "
-                "describes it, rather than answering something beside the point."),
-    "temporal": ("temporal understanding",
-                 "Judge whether the predicted answer gets the order and timing of events right, as the correct "
-                 "answer gives them."),
-    "consistency": ("consistency",
-                    "Two differently worded questions ask for the same information. Judge whether the two "
-                    "predicted answers agree with each other and with the correct answer."),
+    "correctness": (
+        "factual accuracy",
+        "Judge whether the predicted answer is factually right about the video, using the correct "
+        "answer as the reference. Contradictions or made-up details lower the score; a paraphrase "
+        "with the same facts is fully correct.",
+    ),
+    "detail": (
+        "detail orientation",
+        "Judge how complete and specific the predicted answer is: does it cover everything the correct "
+        "answer covers, with concrete detail rather than generalities?",
+    ),
+    "context": (
+        "contextual understanding",
+        "Judge whether the predicted answer fits the overall context of the video as the correct answer "
+        "describes it, rather than answering something beside the point.",
+    ),
+    "temporal": (
+        "temporal understanding",
+        "Judge whether the predicted answer gets the order and timing of events right, as the correct "
+        "answer gives them.",
+    ),
+    "consistency": (
+        "consistency",
+        "Two differently worded questions ask for the same information. Judge whether the two "
+        "predicted answers agree with each other and with the correct answer.",
+    ),
 }
 
 
@@ -45,24 +55,33 @@ def judge_messages(metric: str, item: dict) -> list[dict]:
     """The judge prompt for one metric: system instructions for the aspect, then the question(s),
     the correct answer and the predicted answer(s); the reply is a Python dict string."""
     name, guidance = _ASPECTS[metric]
-    system = (f"You evaluate answers that a video question-answering model gave, for {name}. {guidance} "
-              "Score from 0 (worst) to 5 (best), integers only.")
+    system = (
+        f"You evaluate answers that a video question-answering model gave, for {name}. {guidance} "
+        "Score from 0 (worst) to 5 (best), integers only."
+    )
     if metric == "consistency":
-        body = (f"Question 1: {item['questions'][0]}\nQuestion 2: {item['questions'][1]}\n"
-                f"Correct answer: {item['answer']}\n"
-                f"Predicted answer to question 1: {item['predictions'][0]}\n"
-                f"Predicted answer to question 2: {item['predictions'][1]}\n")
+        body = (
+            f"Question 1: {item['questions'][0]}\nQuestion 2: {item['questions'][1]}\n"
+            f"Correct answer: {item['answer']}\n"
+            f"Predicted answer to question 1: {item['predictions'][0]}\n"
+            f"Predicted answer to question 2: {item['predictions'][1]}\n"
+        )
     else:
-        body = (f"Question: {item['questions'][0]}\nCorrect answer: {item['answer']}\n"
-                f"Predicted answer: {item['predictions'][0]}\n")
-    user = (body + "\nReply with a Python dictionary string and nothing else, holding the key 'score' with an "
-            "integer from 0 to 5, for example {'score': 3}.")
+        body = (
+            f"Question: {item['questions'][0]}\nCorrect answer: {item['answer']}\n"
+            f"Predicted answer: {item['predictions'][0]}\n"
+        )
+    user = (
+        body + "\nReply with a Python dictionary string and nothing else, holding the key 'score' with an "
+        "integer from 0 to 5, for example {'score': 3}."
+    )
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
 def metrics_for(kind: str) -> list[str]:
-    return {"generic": ["correctness", "detail", "context"], "temporal": ["temporal"],
-            "consistency": ["consistency"]}[kind]
+    return {"generic": ["correctness", "detail", "context"], "temporal": ["temporal"], "consistency": ["consistency"]}[
+        kind
+    ]
 
 
 _SCORE_RE = re.compile(r"""['"]?score['"]?\s*[:=]\s*['"]?(\d+(?:\.\d+)?)""", re.I)
@@ -117,8 +136,15 @@ class Judge:
     """Any OpenAI-compatible chat-completions endpoint, through our SDK's client (retries with
     backoff on connection errors, 429 and 5xx, honouring Retry-After)."""
 
-    def __init__(self, base_url: str, model: str, api_key: str | None, cache: JudgeCache, max_retries: int = 5,
-                 parse_attempts: int = 3):
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None,
+        cache: JudgeCache,
+        max_retries: int = 5,
+        parse_attempts: int = 3,
+    ):
         from clients import Client
 
         self.client = Client(base_url=base_url, api_key=api_key, max_retries=max_retries, timeout=120)
@@ -138,8 +164,9 @@ class Judge:
             with self._lock:
                 self.calls += 1
             try:
-                r = self.client.chat.completions.create(model=self.model, messages=messages, temperature=0,
-                                                        max_tokens=64, seed=attempt)
+                r = self.client.chat.completions.create(
+                    model=self.model, messages=messages, temperature=0, max_tokens=64, seed=attempt
+                )
             except (APIConnectionError, InternalServerError) as exc:
                 raise JudgeUnreachable(f"the judge at {self.client.base_url} did not answer: {exc}") from None
             reply = r.choices[0].message.content or ""
@@ -162,10 +189,23 @@ def judge(predictions: Path, judge_: Judge, out: Path, concurrency: int) -> dict
         score, reply = judge_.score(judge_messages(metric, item))
         if score is None:  # not written: a rerun asks again
             return True
-        jsonl.append(out, [{"id": f"{item['id']}|{metric}", "item": item["id"], "metric": metric, "score": score,
-                            "judge_model": judge_.model, "reply": reply, "kind": item["kind"],
-                            "questions": item["questions"], "answer": item["answer"],
-                            "predictions": item["predictions"]}])
+        jsonl.append(
+            out,
+            [
+                {
+                    "id": f"{item['id']}|{metric}",
+                    "item": item["id"],
+                    "metric": metric,
+                    "score": score,
+                    "judge_model": judge_.model,
+                    "reply": reply,
+                    "kind": item["kind"],
+                    "questions": item["questions"],
+                    "answer": item["answer"],
+                    "predictions": item["predictions"],
+                }
+            ],
+        )
         return False
 
     with ThreadPoolExecutor(max(1, concurrency)) as pool, tqdm(total=len(jobs), desc="judge", unit="call") as bar:
@@ -177,6 +217,8 @@ def judge(predictions: Path, judge_: Judge, out: Path, concurrency: int) -> dict
         finally:
             for f in futures:
                 f.cancel()
-    print(f"judge: {len(jobs)} scores this run ({len(done)} already there), {judge_.calls} judge calls, "
-          f"{unparsed} unparsable replies")
+    print(
+        f"judge: {len(jobs)} scores this run ({len(done)} already there), {judge_.calls} judge calls, "
+        f"{unparsed} unparsable replies"
+    )
     return {"scored": len(jobs), "calls": judge_.calls, "unparsed": unparsed}

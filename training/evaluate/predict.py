@@ -58,8 +58,13 @@ class LocalAnswerer:
             _, embeddings = pipeline.embed_media(model, [str(video)], self.modalities)[0]
             answers = []
             for q in questions:
-                p = pipeline.prompt(model.processor, [{"role": "user", "content": q}], embeddings, self.modalities,
-                                    max_new_tokens=self.max_tokens)
+                p = pipeline.prompt(
+                    model.processor,
+                    [{"role": "user", "content": q}],
+                    embeddings,
+                    self.modalities,
+                    max_new_tokens=self.max_tokens,
+                )
                 stream = TextStream(model.tokenizer, eos_token_id=model.tokenizer.eos_token_id)
                 embeds = pipeline.prompt_embeds(model, p, embeddings)
                 text = "".join(stream.push(t) for t in model.generate(embeds, max_new_tokens=self.max_tokens))
@@ -91,7 +96,7 @@ def predict(questions: list[dict], videos: Path | None, answerer, out: Path, con
         rows, k = [], 0
         for q in items:
             n = len(q["questions"])
-            rows.append({**q, "predictions": answers[k:k + n]})
+            rows.append({**q, "predictions": answers[k : k + n]})
             k += n
         jsonl.append(out, rows)
         return len(items)
@@ -100,10 +105,17 @@ def predict(questions: list[dict], videos: Path | None, answerer, out: Path, con
         for future in as_completed([pool.submit(work, name) for name in by_video]):
             bar.update(future.result())
     answered = sum(1 for _ in jsonl.read(out)) if out.exists() else 0
-    summary = {"answered": answered, "questions": len(questions), "skipped_done": len(done),
-               "missing_videos": sorted(missing), "failed": failed}
-    print(f"predict: {answered} of {len(questions)} answered in {out} ({len(done)} were already there); "
-          f"{len(missing)} videos missing, {len(failed)} failed")
+    summary = {
+        "answered": answered,
+        "questions": len(questions),
+        "skipped_done": len(done),
+        "missing_videos": sorted(missing),
+        "failed": failed,
+    }
+    print(
+        f"predict: {answered} of {len(questions)} answered in {out} ({len(done)} were already there); "
+        f"{len(missing)} videos missing, {len(failed)} failed"
+    )
     for name in sorted(missing)[:10]:
         print(f"  missing video: {name}")
     for name, why in failed[:10]:

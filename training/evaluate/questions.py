@@ -24,15 +24,30 @@ def load_questions(path: str | os.PathLike) -> list[dict]:
     stem = path.stem
     for n, r in enumerate(rows):
         if {"Q1", "Q2", "A", "video_name"} <= set(r):
-            items.append({"id": f"{stem}-{n}", "video": r["video_name"], "kind": "consistency",
-                          "questions": [r["Q1"], r["Q2"]], "answer": r["A"]})
+            items.append(
+                {
+                    "id": f"{stem}-{n}",
+                    "video": r["video_name"],
+                    "kind": "consistency",
+                    "questions": [r["Q1"], r["Q2"]],
+                    "answer": r["A"],
+                }
+            )
         elif {"Q", "A", "video_name"} <= set(r):
             kind = "temporal" if "temporal" in stem else "generic"
-            items.append({"id": f"{stem}-{n}", "video": r["video_name"], "kind": kind, "questions": [r["Q"]],
-                          "answer": r["A"]})
+            items.append(
+                {"id": f"{stem}-{n}", "video": r["video_name"], "kind": kind, "questions": [r["Q"]], "answer": r["A"]}
+            )
         elif {"video", "question", "answer"} <= set(r):
-            items.append({"id": r.get("id", f"{stem}-{n}"), "video": r["video"], "kind": "generic",
-                          "questions": [r["question"]], "answer": r["answer"]})
+            items.append(
+                {
+                    "id": r.get("id", f"{stem}-{n}"),
+                    "video": r["video"],
+                    "kind": "generic",
+                    "questions": [r["question"]],
+                    "answer": r["answer"],
+                }
+            )
         else:
             raise ValueError(f"{path}: item {n} is in no known format (keys {sorted(r)})")
     return items
