@@ -23,9 +23,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-level", default="warning", help="uvicorn's own log level (the service logs at INFO)")
     args = p.parse_args(argv)
     settings = get_settings()
-    uvicorn.run("service.app:create_app", factory=True, host=args.host, port=args.port,
-                http=protocol_with_timeout(settings.header_timeout_s), access_log=False, log_level=args.log_level,
-                timeout_graceful_shutdown=int(max(1, settings.drain_timeout_s)), timeout_keep_alive=5)
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        http=protocol_with_timeout(settings.header_timeout_s),
+        access_log=False,
+        log_level=args.log_level,
+        timeout_graceful_shutdown=int(max(1, settings.drain_timeout_s)),
+        timeout_keep_alive=5,
+    )
 
 
 if __name__ == "__main__":

@@ -2,22 +2,39 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter, Request
-from fastapi.responses import PlainTextResponse
+from fastapi.responses import FileResponse, PlainTextResponse
 
 from .deps import Loaded, Ready
 from .protocol import ChatCompletion, ErrorResponse, ModelCard, ModelList
 
 router = APIRouter()
 ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 415, 422, 503, 504)}
-STREAM = {"content": {"text/event-stream": {}, "application/json": {}},
-          "description": "a chat.completion, or with stream=true server-sent chat.completion.chunk events ending "
-                         "`data: [DONE]`"}
+STREAM = {
+    "content": {"text/event-stream": {}, "application/json": {}},
+    "description": "a chat.completion, or with stream=true server-sent chat.completion.chunk events ending "
+    "`data: [DONE]`",
+}
 
 
 def _body(schema: str, media_type: str) -> dict:
-    return {"requestBody": {"required": True, "content": {media_type: {"schema": {
-        "$ref": f"#/components/schemas/{schema}"}}}}}
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {media_type: {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
+        }
+    }
+
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+
+@router.get("/", include_in_schema=False)
+async def page() -> FileResponse:
+    """The try-it page (plain HTML and JavaScript over this API; no build step, nothing from a CDN)."""
+    return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
 @router.get("/health", tags=["operations"])
@@ -36,19 +53,37 @@ async def ready(state: Ready) -> dict:
 async def models(state: Ready) -> ModelList:
     """The served model, with the engine that runs it."""
     config = state.model.config
-    return ModelList(data=[ModelCard(id=state.settings.model_id, engine=state.engine.name,
-                                     max_model_len=config.context_length, modalities=list(config.modalities))])
+    return ModelList(
+        data=[
+            ModelCard(
+                id=state.settings.model_id,
+                engine=state.engine.name,
+                max_model_len=config.context_length,
+                modalities=list(config.modalities),
+            )
+        ]
+    )
 
 
-@router.post("/v1/video/chat", tags=["video"], response_model=ChatCompletion, responses={**ERRORS, 200: STREAM},
-             openapi_extra=_body("VideoChatForm", "multipart/form-data"))
+@router.post(
+    "/v1/video/chat",
+    tags=["video"],
+    response_model=ChatCompletion,
+    responses={**ERRORS, 200: STREAM},
+    openapi_extra=_body("VideoChatForm", "multipart/form-data"),
+)
 async def video_chat(request: Request, state: Ready):
     """Ask about an uploaded video or image (multipart: `video`, `image` or `video_id`, plus `prompt` or `messages`)."""
     return await state.chat.handle(request, "/v1/video/chat")
 
 
-@router.post("/v1/chat/completions", tags=["openai"], response_model=ChatCompletion,
-             responses={**ERRORS, 200: STREAM}, openapi_extra=_body("ChatCompletionRequest", "application/json"))
+@router.post(
+    "/v1/chat/completions",
+    tags=["openai"],
+    response_model=ChatCompletion,
+    responses={**ERRORS, 200: STREAM},
+    openapi_extra=_body("ChatCompletionRequest", "application/json"),
+)
 async def chat_completions(request: Request, state: Ready):
     """OpenAI Chat Completions with a `video_url` or `image_url` content part."""
     return await state.chat.handle(request, "/v1/chat/completions")

@@ -17,9 +17,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from . import openapi
-from .api_router import metrics_router, router
+from .api_router import STATIC, metrics_router, router
 from .deps import State
 from .errors import ERROR_TABLE, describe, error_body
 from .metrics import METRICS
@@ -54,16 +55,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state.worker.close()
 
     docs = settings.docs_open
-    app = FastAPI(title="avchat", version="0.1.0", lifespan=lifespan, docs_url="/docs" if docs else None,
-                  redoc_url="/redoc" if docs else None, openapi_url="/openapi.json" if docs else None,
-                  description="Audio-visual video chat: ask about a video, get an answer that uses what is heard "
-                              "as well as what is seen.")
+    app = FastAPI(
+        title="avchat",
+        version="0.1.0",
+        lifespan=lifespan,
+        docs_url="/docs" if docs else None,
+        redoc_url="/redoc" if docs else None,
+        openapi_url="/openapi.json" if docs else None,
+        description="Audio-visual video chat: ask about a video, get an answer that uses what is heard "
+        "as well as what is seen.",
+    )
     app.state.avchat = state
     app.include_router(router)
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if not settings.metrics_port:
         app.include_router(metrics_router)
-    app.add_middleware(AuthGuard, keys=settings.api_keys, protect_metrics=settings.metrics_require_key,
-                       protect_docs=False)
+    app.add_middleware(
+        AuthGuard, keys=settings.api_keys, protect_metrics=settings.metrics_require_key, protect_docs=False
+    )
     app.add_middleware(RequestContext)
     for kind, *_ in ERROR_TABLE:  # handled inside the middleware (logged, counted, given a request id)
         app.add_exception_handler(kind, _error)
@@ -90,10 +99,11 @@ async def _validation(request: Request, exc: RequestValidationError) -> JSONResp
 
 async def _route_error(request: Request, exc) -> JSONResponse:
     if exc.status_code == 405:
-        return JSONResponse(error_body(f"{request.method} is not allowed on {request.url.path}",
-                                       "invalid_request_error"), status_code=405)
-    return JSONResponse(error_body(f"no route {request.method} {request.url.path}", "not_found_error"),
-                        status_code=404)
+        return JSONResponse(
+            error_body(f"{request.method} is not allowed on {request.url.path}", "invalid_request_error"),
+            status_code=405,
+        )
+    return JSONResponse(error_body(f"no route {request.method} {request.url.path}", "not_found_error"), status_code=404)
 
 
 async def _startup(state: State) -> None:
@@ -135,8 +145,11 @@ def generation_defaults(model) -> dict:
     config = getattr(model.llm, "generation_config", None)
     if config is None:
         return {}
-    defaults = {"temperature": float(config.temperature or 1.0), "top_p": float(config.top_p or 1.0)} \
-        if config.do_sample else {"temperature": 0.0}
+    defaults = (
+        {"temperature": float(config.temperature or 1.0), "top_p": float(config.top_p or 1.0)}
+        if config.do_sample
+        else {"temperature": 0.0}
+    )
     if config.max_new_tokens:
         defaults["max_tokens"] = int(config.max_new_tokens)
     return defaults
@@ -144,8 +157,12 @@ def generation_defaults(model) -> dict:
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        entry = {"ts": round(record.created, 3), "level": record.levelname.lower(), "logger": record.name,
-                 "msg": record.getMessage()}
+        entry = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
         entry.update(getattr(record, "fields", {}))
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)

@@ -26,8 +26,10 @@ def get_state(request: Request) -> State:
 
 def require_ready(state: Annotated[State, Depends(get_state)]) -> State:
     if not state.ready:
-        raise NotReady("the model is still loading" if state.error is None else
-                       f"the model failed to load: {state.error}", headers={"Retry-After": "5"})
+        raise NotReady(
+            "the model is still loading" if state.error is None else f"the model failed to load: {state.error}",
+            headers={"Retry-After": "5"},
+        )
     return state
 
 

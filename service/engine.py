@@ -42,8 +42,7 @@ class Engine(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def generate(self, request_id: str, prompt_embeds: torch.Tensor, params: SamplingParams
-                 ) -> AsyncIterator[Delta]:
+    def generate(self, request_id: str, prompt_embeds: torch.Tensor, params: SamplingParams) -> AsyncIterator[Delta]:
         """Streams deltas; the last one has a finish_reason."""
 
     async def close(self) -> None:  # noqa: B027 - optional
@@ -79,8 +78,13 @@ class TransformersEngine(Engine):
             try:
                 with torch.inference_mode():
                     seed = None if params.seed is None else params.seed % 2**64
-                    tokens = self.model.generate(prompt_embeds, max_new_tokens=params.max_tokens,
-                                                 temperature=params.temperature, top_p=params.top_p, seed=seed)
+                    tokens = self.model.generate(
+                        prompt_embeds,
+                        max_new_tokens=params.max_tokens,
+                        temperature=params.temperature,
+                        top_p=params.top_p,
+                        seed=seed,
+                    )
                     for token in tokens:
                         if cancel.is_set():
                             return

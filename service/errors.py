@@ -17,8 +17,9 @@ from model.processor import ContextLengthError
 class ServiceError(Exception):
     """A client-caused problem: the message says what to change; ``param`` names the field."""
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
-                 headers: dict[str, str] | None = None):
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, headers: dict[str, str] | None = None
+    ):
         super().__init__(message)
         self.message, self.param, self.code, self.headers = message, param, code, headers or {}
 

@@ -46,8 +46,9 @@ def _public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-async def fetch_url(url: str, allowed: list[str], temp_dir: str, limit: int, timeout: float,
-                    param: str = "video_url") -> TempVideo:
+async def fetch_url(
+    url: str, allowed: list[str], temp_dir: str, limit: int, timeout: float, param: str = "video_url"
+) -> TempVideo:
     """Downloads an allowed http(s) URL to a temp file, streaming."""
     import httpx
 
@@ -60,9 +61,12 @@ async def fetch_url(url: str, allowed: list[str], temp_dir: str, limit: int, tim
     if scheme not in DEFAULT_PORTS:
         raise BadParameter(f"{param} must be a data: URL or an http(s) URL", param=param)
     if (scheme, host, port) not in {parse_origin(a) for a in allowed}:
-        raise BadParameter(f"this service does not fetch media from {scheme}://{host or '?'}:{port}; send it as a "
-                           "data: URL (the operator can allow origins with AVCHAT_ALLOWED_VIDEO_HOSTS)",
-                           param=param, code="host_not_allowed")
+        raise BadParameter(
+            f"this service does not fetch media from {scheme}://{host or '?'}:{port}; send it as a "
+            "data: URL (the operator can allow origins with AVCHAT_ALLOWED_VIDEO_HOSTS)",
+            param=param,
+            code="host_not_allowed",
+        )
     writer = None
     try:
         loop = asyncio.get_running_loop()
@@ -74,8 +78,9 @@ async def fetch_url(url: str, allowed: list[str], temp_dir: str, limit: int, tim
         headers = {"Host": parts.netloc.rsplit("@", 1)[-1]}
         writer = TempWriter(temp_dir, limit, param)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
-            request = client.build_request("GET", target, headers=headers,
-                                           extensions={"sni_hostname": host} if scheme == "https" else None)
+            request = client.build_request(
+                "GET", target, headers=headers, extensions={"sni_hostname": host} if scheme == "https" else None
+            )
             response = await client.send(request, stream=True)
             try:
                 if response.status_code != 200:
@@ -101,16 +106,21 @@ class _Refused(Exception):
 def local_file(url: str, root: str | None, param: str = "video_url") -> TempVideo:
     """A file:// URL inside the allowed local folder, used in place (never removed)."""
     if not root:
-        raise BadParameter("this service does not read file:// URLs (the operator can allow a folder with "
-                           "AVCHAT_ALLOWED_LOCAL_MEDIA_PATH)", param=param, code="local_files_not_allowed")
+        raise BadParameter(
+            "this service does not read file:// URLs (the operator can allow a folder with "
+            "AVCHAT_ALLOWED_LOCAL_MEDIA_PATH)",
+            param=param,
+            code="local_files_not_allowed",
+        )
     parts = urlsplit(url)
     if parts.netloc not in ("", "localhost"):
         raise BadParameter("a file:// URL names a local path (file:///path/to/clip.mp4)", param=param)
     path = os.path.realpath(unquote(parts.path))
     base = os.path.realpath(root)
     if os.path.commonpath([path, base]) != base:
-        raise BadParameter("that file is outside the folder this service may read", param=param,
-                           code="path_not_allowed")
+        raise BadParameter(
+            "that file is outside the folder this service may read", param=param, code="path_not_allowed"
+        )
     if not os.path.isfile(path):
         raise BadParameter("no such file in the allowed folder", param=param, code="file_not_found")
     import hashlib

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 import torch
 
 from model import pipeline
-from model.media import FfmpegJob, OutputCollector, Window, cap_memory, timeout_error
+from model.ffmpeg import FfmpegJob, OutputCollector, cap_memory, timeout_error
+from model.media import Window
 from model.pipeline import Media, MediaEmbeddings, MediaReport, MediaTensors
 
 from .metrics import METRICS
@@ -94,8 +95,9 @@ class FeatureCache:
 
 async def run_job(job: FfmpegJob, path: str):
     """Runs an ffmpeg job as an asyncio subprocess; kills it on timeout or cancellation."""
-    proc = await asyncio.create_subprocess_exec(*job.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                                stderr=subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(
+        *job.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     cap_memory(proc.pid, job.limits)
     out = OutputCollector(job)
 
@@ -107,9 +109,14 @@ async def run_job(job: FfmpegJob, path: str):
                 sink(data)
 
     try:
-        await asyncio.wait_for(asyncio.gather(pump(proc.stdout, out.on_stdout, job.consume is not None),
-                                              pump(proc.stderr, out.on_stderr, False), proc.wait()),
-                               job.limits.timeout)
+        await asyncio.wait_for(
+            asyncio.gather(
+                pump(proc.stdout, out.on_stdout, job.consume is not None),
+                pump(proc.stderr, out.on_stderr, False),
+                proc.wait(),
+            ),
+            job.limits.timeout,
+        )
     except BaseException as exc:
         if proc.returncode is None:
             proc.kill()
@@ -132,9 +139,17 @@ class MediaWorker:
         self._flush_handle: asyncio.TimerHandle | None = None
         self._busy = False
         cfg = model.config
-        self._prep = json.dumps({"model": str(getattr(model, "source", None) or settings.model),
-                                 "frames": cfg.num_frames, "size": cfg.image_size, "audio_s": cfg.audio_seconds,
-                                 "layer": cfg.vision_feature_layer, "audio_tokens": cfg.audio_tokens}, sort_keys=True)
+        self._prep = json.dumps(
+            {
+                "model": str(getattr(model, "source", None) or settings.model),
+                "frames": cfg.num_frames,
+                "size": cfg.image_size,
+                "audio_s": cfg.audio_seconds,
+                "layer": cfg.vision_feature_layer,
+                "audio_tokens": cfg.audio_tokens,
+            },
+            sort_keys=True,
+        )
 
     def video_id(self, owner: str, sha256: str, window: Window | None) -> str:
         span = "" if window is None else f"{window.start:g}-{window.end if window.end is not None else ''}"

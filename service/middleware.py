@@ -36,8 +36,10 @@ class RequestContext:
         headers = dict(scope.get("headers") or [])
         rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or f"req-{uuid.uuid4().hex[:16]}"
         scope.setdefault("state", {})["request_id"] = rid
-        body = {"done": headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers,
-                "gone": False}
+        body = {
+            "done": headers.get(b"content-length", b"0") == b"0" and b"transfer-encoding" not in headers,
+            "gone": False,
+        }
         status = {"code": 500}
         start = time.perf_counter()
 
@@ -66,8 +68,18 @@ class RequestContext:
             route = path if path in ROUTES else "other"
             code = 499 if body["gone"] and status["code"] in (499, 500) else status["code"]
             METRICS.requests.labels(route, str(code)).inc()
-            log.info("request", extra={"fields": {"request_id": rid, "method": scope["method"], "path": path,
-                                                  "status": code, "ms": round((time.perf_counter() - start) * 1000, 1)}})
+            log.info(
+                "request",
+                extra={
+                    "fields": {
+                        "request_id": rid,
+                        "method": scope["method"],
+                        "path": path,
+                        "status": code,
+                        "ms": round((time.perf_counter() - start) * 1000, 1),
+                    }
+                },
+            )
 
 
 async def _linger(receive, body: dict) -> None:
@@ -95,8 +107,11 @@ class AuthGuard:
     def __init__(self, app, keys: list[str], protect_metrics: bool, protect_docs: bool):
         self.app = app
         self.keys = [k.encode() for k in keys]
-        self.protected = ("/v1/",) + (("/metrics",) if protect_metrics else ()) + (
-            ("/docs", "/redoc", "/openapi.json") if protect_docs else ())
+        self.protected = (
+            ("/v1/",)
+            + (("/metrics",) if protect_metrics else ())
+            + (("/docs", "/redoc", "/openapi.json") if protect_docs else ())
+        )
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or not self.keys:
@@ -108,12 +123,21 @@ class AuthGuard:
         if known:
             scope.setdefault("state", {})["owner"] = owner_of(key.decode("latin-1"))
         elif scope["path"].startswith(self.protected):
-            status, payload, _ = describe(Unauthorized("missing or invalid API key; send 'Authorization: Bearer "
-                                                       "<key>'"))
+            status, payload, _ = describe(
+                Unauthorized("missing or invalid API key; send 'Authorization: Bearer <key>'")
+            )
             data = json.dumps(payload).encode()
-            await send({"type": "http.response.start", "status": status, "headers": [
-                (b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
-                (b"www-authenticate", b'Bearer realm="avchat"')]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": status,
+                    "headers": [
+                        (b"content-type", b"application/json"),
+                        (b"content-length", str(len(data)).encode()),
+                        (b"www-authenticate", b'Bearer realm="avchat"'),
+                    ],
+                }
+            )
             await send({"type": "http.response.body", "body": data})
             return
         await self.app(scope, receive, send)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from .protocol import ChatCompletionChunk, ChatCompletionRequest, VideoChatForm
+from .forms import VideoChatForm
+from .protocol import ChatCompletionChunk, ChatCompletionRequest
 
 
 def install(app: FastAPI) -> None:

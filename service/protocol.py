@@ -1,12 +1,12 @@
 """Wire models, in the field order of OpenAI's Chat Completions API (project-specific fields in
-marked sections), and the two request forms: ``POST /v1/video/chat``'s multipart form and
-``POST /v1/chat/completions``' JSON. Each becomes one :class:`ChatRequest`, whose
-``to_sampling_params()`` applies the checkpoint's generation defaults under the request's values.
+marked sections), and the request of ``POST /v1/chat/completions`` (JSON). It, and the
+multipart form of ``POST /v1/video/chat`` (``forms.py``), each become one :class:`ChatRequest`,
+whose ``to_sampling_params()`` applies the checkpoint's generation defaults under the request's
+values.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
@@ -53,8 +53,10 @@ class MediaInfo(_Response):
     duration_s: float = Field(description="seconds of the file analysed (the start/end window)")
     frames: int = Field(description="frames sampled")
     audio_s: float = Field(description="seconds of audio the model heard")
-    audio_truncated_s: float = Field(description="seconds of the window's audio it did not hear: the audio branch "
-                                                 "takes one 30 s Whisper window from `start`")
+    audio_truncated_s: float = Field(
+        description="seconds of the window's audio it did not hear: the audio branch "
+        "takes one 30 s Whisper window from `start`"
+    )
 
 
 class ChatMessage(_Response):
@@ -164,15 +166,20 @@ class ChatRequest:
 
     def to_sampling_params(self, defaults: dict[str, Any], default_max_tokens: int) -> SamplingParams:
         """The request's values over the checkpoint's generation defaults (as vLLM does)."""
+
         def pick(value, key, fallback):
             return value if value is not None else defaults.get(key, fallback)
 
-        return SamplingParams(max_tokens=pick(self.max_tokens, "max_tokens", default_max_tokens),
-                              temperature=pick(self.temperature, "temperature", 1.0),
-                              top_p=pick(self.top_p, "top_p", 1.0), seed=self.seed, stop=self.stop)
+        return SamplingParams(
+            max_tokens=pick(self.max_tokens, "max_tokens", default_max_tokens),
+            temperature=pick(self.temperature, "temperature", 1.0),
+            top_p=pick(self.top_p, "top_p", 1.0),
+            seed=self.seed,
+            stop=self.stop,
+        )
 
 
-def _check_stop(stop) -> list[str]:
+def check_stop(stop) -> list[str]:
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     if len(stops) > MAX_STOP_SEQUENCES:
         raise BadParameter(f"stop takes at most {MAX_STOP_SEQUENCES} sequences", param="stop")
@@ -182,7 +189,7 @@ def _check_stop(stop) -> list[str]:
     return stops
 
 
-def _check_modalities(mods, param: str) -> list[str]:
+def check_modalities(mods, param: str) -> list[str]:
     if isinstance(mods, str):
         mods = [m.strip() for m in mods.replace("+", ",").split(",") if m.strip()]
     if not isinstance(mods, list) or not mods or not all(isinstance(m, str) for m in mods):
@@ -193,13 +200,13 @@ def _check_modalities(mods, param: str) -> list[str]:
     return mods
 
 
-def _window(start, end) -> Window | None:
+def window_of(start, end) -> Window | None:
     if start is None and end is None:
         return None
     return Window(float(start or 0.0), None if end is None else float(end))
 
 
-class _Sampling(BaseModel):
+class SamplingFields(BaseModel):
     """Sampling fields, validated the same way on both routes."""
 
     model_config = ConfigDict(extra="forbid")
@@ -211,105 +218,7 @@ class _Sampling(BaseModel):
     end: float | None = Field(None, gt=0.0, le=1e7)
 
 
-# -- POST /v1/video/chat (multipart) ----------------------------------------------------------------
-
-
-class VideoChatForm(BaseModel):
-    """Fields of ``POST /v1/video/chat`` (multipart/form-data): what the OpenAPI schema publishes."""
-
-    video: bytes | None = Field(None, description="the video (or audio) file; or send video_id")
-    image: bytes | None = Field(None, description="a still image (png, jpeg, webp, gif), read as a one-frame video")
-    video_id: str | None = Field(None, description="a video_id from an earlier answer (or a registered uuid)")
-    uuid: str | None = Field(None, description="a name for this upload, to refer to it later as video_id")
-    messages: str | None = Field(None, description="OpenAI-style messages as a JSON array (text content)")
-    prompt: str | None = Field(None, description="a single question, instead of messages")
-    stream: bool = False
-    stream_options: str | None = Field(None, description='JSON, e.g. {"include_usage": true}')
-    max_tokens: int | None = Field(None, ge=1, description="default: the checkpoint's generation config, else 256")
-    temperature: float | None = Field(None, ge=0.0, le=2.0, description="default: the checkpoint's (demo: greedy)")
-    top_p: float | None = Field(None, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | None = Field(None, description="a stop string, or a JSON array of up to 4")
-    input_modalities: str | None = Field(None, description="audio,video (default), video, or audio")
-    modalities: str | None = Field(None, description="the same as input_modalities (kept for older clients)")
-    start: float | None = Field(None, description="analyse from this second of the file")
-    end: float | None = Field(None, description="analyse up to this second of the file")
-
-
-FILE_FIELDS = ("video", "image")
-
-
-def parse_form(fields: dict[str, str], file_field: str | None) -> ChatRequest:
-    data = {k: v for k, v in fields.items() if v != ""}
-    unknown = set(data) - set(VideoChatForm.model_fields) - set(FILE_FIELDS)
-    if unknown:
-        raise InvalidFields(f"unknown form field(s): {', '.join(sorted(unknown))}", param=sorted(unknown)[0])
-    stream = _form_bool(data.get("stream", "false"), "stream")
-    include_usage = False
-    if "stream_options" in data:
-        options = _form_json(data["stream_options"], "stream_options")
-        if not isinstance(options, dict):
-            raise InvalidFields("stream_options must be a JSON object", param="stream_options")
-        include_usage = _form_bool(options.get("include_usage", False), "stream_options")
-    messages = None
-    if "messages" in data:
-        messages = _form_json(data["messages"], "messages")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise InvalidFields("`messages` must be a JSON array of {role, content} objects", param="messages")
-        if "prompt" in data:
-            raise BadParameter("send either messages or prompt, not both", param="messages")
-    elif data.get("prompt", "").strip():
-        messages = [{"role": "user", "content": data["prompt"]}]
-    else:
-        raise BadParameter("ask something: send `prompt` or `messages`", param="prompt")
-    stop = data.get("stop")
-    if stop is not None and stop.startswith("["):
-        stop = _form_json(stop, "stop")
-    mods = data.get("input_modalities", data.get("modalities"))
-    if mods is not None and mods.startswith("["):
-        mods = _form_json(mods, "input_modalities")
-    sampling = _validate(_Sampling, {k: data[k] for k in _Sampling.model_fields if k in data})
-    media = _form_media(data, file_field)
-    if media is not None and media.kind != "upload" and (sampling.start is not None or sampling.end is not None):
-        raise BadParameter("start and end apply when the video itself is sent", param="start")
-    return ChatRequest(messages=messages, media=media,
-                       input_modalities=None if mods is None else _check_modalities(mods, "input_modalities"),
-                       window=_window(sampling.start, sampling.end), stream=stream, include_usage=include_usage,
-                       max_tokens=sampling.max_tokens, temperature=sampling.temperature, top_p=sampling.top_p,
-                       seed=sampling.seed, stop=_check_stop(stop))
-
-
-def _form_media(data: dict, file_field: str | None) -> MediaRef | None:
-    video_id = data.get("video_id")
-    if file_field is not None and video_id:
-        raise BadParameter("send either a file or a video_id, not both", param="video_id")
-    if file_field is not None:
-        return MediaRef("upload", file_field, alias=data.get("uuid"))
-    if video_id:
-        return MediaRef("video_id", "video_id", video_id)
-    if data.get("uuid"):
-        return MediaRef("uuid", "uuid", data["uuid"])
-    return None
-
-
-def _form_json(text: str, param: str):
-    try:
-        return json.loads(text)
-    except RecursionError:
-        raise InvalidFields(f"`{param}` is nested too deeply", param=param) from None
-    except json.JSONDecodeError:
-        raise InvalidFields(f"`{param}` must be JSON", param=param) from None
-
-
-def _form_bool(value, param: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
-        return value.lower() in ("true", "1", "yes", "on")
-    raise InvalidFields(f"{param}: expected true or false", param=param)
-
-
-def _validate(model: type[BaseModel], data: dict) -> Any:
+def validate(model: type[BaseModel], data: dict) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -385,8 +294,10 @@ class ChatCompletionRequest(BaseModel):
     @classmethod
     def _text_only(cls, value):
         if value is not None and value != ["text"]:
-            raise ValueError('this model answers in text: modalities must be ["text"] (choose the video\'s '
-                             "streams with input_modalities)")
+            raise ValueError(
+                'this model answers in text: modalities must be ["text"] (choose the video\'s '
+                "streams with input_modalities)"
+            )
         return value
 
     def to_chat_request(self) -> ChatRequest:
@@ -401,14 +312,14 @@ class ChatCompletionRequest(BaseModel):
                 messages.append({"role": role, "content": m.content or ""})
         if len(parts) > 1:
             raise BadParameter("send one video_url or image_url per conversation", param="messages")
-        media, window = None, _window(self.start, self.end)
+        media, window = None, window_of(self.start, self.end)
         if parts:
             part = parts[0]
             kind = "video_url" if isinstance(part, VideoURLPart) else "image_url"
             ref = part.video_url if kind == "video_url" else part.image_url
             if ref is not None and ref.url:
                 media = MediaRef("url", kind, ref.url, alias=part.uuid)
-                window = _window(ref.start, ref.end) or window
+                window = window_of(ref.start, ref.end) or window
             elif part.uuid:
                 media = MediaRef("uuid", "uuid", part.uuid)
             else:
@@ -420,18 +331,25 @@ class ChatCompletionRequest(BaseModel):
         if window is not None and media is not None and media.kind != "url":
             raise BadParameter("start and end apply when the video itself is sent", param="start")
         if window is not None:
-            _validate(_Sampling, {"start": window.start, "end": window.end})
+            validate(SamplingFields, {"start": window.start, "end": window.end})
         return ChatRequest(
-            messages=messages, media=media,
-            input_modalities=None if self.input_modalities is None else _check_modalities(self.input_modalities,
-                                                                                          "input_modalities"),
-            window=window, stream=self.stream,
+            messages=messages,
+            media=media,
+            input_modalities=None
+            if self.input_modalities is None
+            else check_modalities(self.input_modalities, "input_modalities"),
+            window=window,
+            stream=self.stream,
             include_usage=bool(self.stream_options and self.stream_options.include_usage),
-            max_tokens=self.max_completion_tokens or self.max_tokens, temperature=self.temperature,
-            top_p=self.top_p, seed=self.seed, stop=_check_stop(self.stop))
+            max_tokens=self.max_completion_tokens or self.max_tokens,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            seed=self.seed,
+            stop=check_stop(self.stop),
+        )
 
 
 def parse_completion_request(body: Any) -> ChatRequest:
     if not isinstance(body, dict):
         raise InvalidFields("the body must be a JSON object", param=None)
-    return _validate(ChatCompletionRequest, body).to_chat_request()
+    return validate(ChatCompletionRequest, body).to_chat_request()

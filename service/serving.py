@@ -28,11 +28,23 @@ from model.processor import ContextLengthError
 from .engine import SamplingParams
 from .errors import AtCapacity, BadParameter, ClientGone, RequestTimedOut, UnknownVideo, describe
 from .fetch import fetch_url, local_file
+from .forms import FILE_FIELDS, parse_form
 from .media_worker import CachedMedia, MediaWorker
 from .metrics import METRICS
-from .protocol import (FILE_FIELDS, ChatCompletion, ChatCompletionChunk, ChatMessage, ChatRequest, Choice,
-                       ChoiceDelta, ChunkChoice, MediaInfo, MediaRef, PromptTokensDetails, Usage,
-                       parse_completion_request, parse_form)
+from .protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    ChatMessage,
+    ChatRequest,
+    Choice,
+    ChoiceDelta,
+    ChunkChoice,
+    MediaInfo,
+    MediaRef,
+    PromptTokensDetails,
+    Usage,
+    parse_completion_request,
+)
 from .uploads import BodyReader, TempVideo, read_form, read_json, save_data_url
 
 log = logging.getLogger("avchat.service")
@@ -63,8 +75,10 @@ class Places:
     def take(self) -> Ticket:
         if self.held >= self.limit:
             wait = (self.held - self.places + 1) * (self.average_s or 1.0) / self.places
-            raise AtCapacity(f"the service is at capacity ({self.what}); retry shortly",
-                             headers={"Retry-After": str(min(300, max(1, math.ceil(wait))))})
+            raise AtCapacity(
+                f"the service is at capacity ({self.what}); retry shortly",
+                headers={"Retry-After": str(min(300, max(1, math.ceil(wait))))},
+            )
         self.held += 1
         return Ticket(self)
 
@@ -96,16 +110,21 @@ class Prepared:
     """A request ready to generate: its prompt embeddings and its accounting."""
 
     embeds: object  # torch.Tensor (T, H)
-    counts: dict[str, int]
+    prompt: pipeline.Prompt
     media: CachedMedia | None
     params: SamplingParams
 
     def usage(self, completion_tokens: int) -> Usage:
-        prompt = sum(self.counts.values())
-        return Usage(prompt_tokens=prompt, completion_tokens=completion_tokens, total_tokens=prompt + completion_tokens,
-                     prompt_tokens_details=PromptTokensDetails(audio_tokens=self.counts["audio"],
-                                                               video_tokens=self.counts["video"],
-                                                               text_tokens=self.counts["text"]))
+        counts = self.prompt.counts
+        prompt = sum(counts.values())
+        return Usage(
+            prompt_tokens=prompt,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt + completion_tokens,
+            prompt_tokens_details=PromptTokensDetails(
+                audio_tokens=counts["audio"], video_tokens=counts["video"], text_tokens=counts["text"]
+            ),
+        )
 
     @property
     def video_id(self) -> str | None:
@@ -113,7 +132,15 @@ class Prepared:
 
     @property
     def media_info(self) -> MediaInfo | None:
-        return MediaInfo(**self.media.report.as_dict()) if self.media else None
+        """What the model saw and heard: the streams this request left out count as none."""
+        if self.media is None:
+            return None
+        report = self.media.report.as_dict()
+        if not self.prompt.audio:
+            report.update(audio_s=0.0, audio_truncated_s=0.0)
+        if not self.prompt.video:
+            report.update(frames=0)
+        return MediaInfo(**report)
 
 
 class ChatService:
@@ -140,9 +167,11 @@ class ChatService:
             if video is not None:
                 video.remove()
         if chat.stream:
-            return StreamingResponse(self._events(prepared, chat.include_usage, deadline, started, route, ticket),
-                                     media_type="text/event-stream",
-                                     headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return StreamingResponse(
+                self._events(prepared, chat.include_usage, deadline, started, route, ticket),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
         try:
             result = await self._bounded(request, self._complete(prepared, started), deadline)
         finally:
@@ -158,10 +187,22 @@ class ChatService:
         METRICS.uploads.inc()
         try:
             if route == "/v1/video/chat":
-                reader = BodyReader(request.receive, s.max_upload_bytes + s.max_form_fields * s.max_field_bytes,
-                                    s.upload_min_bytes, s.upload_rate_window_s, "upload")
-                form = await read_form(request.headers.get("content-type", ""), reader, s.temp_dir,
-                                       s.max_upload_bytes, FILE_FIELDS, s.max_form_fields, s.max_field_bytes)
+                reader = BodyReader(
+                    request.receive,
+                    s.max_upload_bytes + s.max_form_fields * s.max_field_bytes,
+                    s.upload_min_bytes,
+                    s.upload_rate_window_s,
+                    "upload",
+                )
+                form = await read_form(
+                    request.headers.get("content-type", ""),
+                    reader,
+                    s.temp_dir,
+                    s.max_upload_bytes,
+                    FILE_FIELDS,
+                    s.max_form_fields,
+                    s.max_field_bytes,
+                )
                 try:
                     return parse_form(form.fields, form.file_field), form.file
                 except BaseException:
@@ -183,8 +224,10 @@ class ChatService:
             return await asyncio.to_thread(save_data_url, url, s.temp_dir, s.max_upload_bytes, media.param)
         if url.startswith("file:"):
             return await asyncio.to_thread(local_file, url, s.allowed_local_media_path, media.param)
-        return await _watch(request, fetch_url(url, s.allowed_video_hosts, s.temp_dir, s.max_upload_bytes,
-                                               s.request_timeout_s, media.param))
+        return await _watch(
+            request,
+            fetch_url(url, s.allowed_video_hosts, s.temp_dir, s.max_upload_bytes, s.request_timeout_s, media.param),
+        )
 
     # -- preparing ------------------------------------------------------------------------------
 
@@ -200,21 +243,27 @@ class ChatService:
         elif chat.media is not None:
             media = self.worker.lookup(owner, chat.media.value)
             if media is None:
-                raise UnknownVideo(f"unknown or expired {chat.media.param} {chat.media.value!r}; send the video again",
-                                   param=chat.media.param)
+                raise UnknownVideo(
+                    f"unknown or expired {chat.media.param} {chat.media.value!r}; send the video again",
+                    param=chat.media.param,
+                )
         params = chat.to_sampling_params(self.defaults, self.settings.default_max_tokens)
         try:
-            p = pipeline.prompt(self.model.processor, chat.messages, media.embeddings if media else None,
-                                chat.input_modalities, max_new_tokens=params.max_tokens)
+            p = pipeline.prompt(
+                self.model.processor,
+                chat.messages,
+                media.embeddings if media else None,
+                chat.input_modalities,
+                max_new_tokens=params.max_tokens,
+            )
         except (MediaError, ContextLengthError):
             raise
         except ValueError as exc:  # the chat itself: roles, order
             raise BadParameter(str(exc), param="messages") from None
-        embeds = await asyncio.to_thread(pipeline.prompt_embeds, self.model, p,
-                                         media.embeddings if media else None)
+        embeds = await asyncio.to_thread(pipeline.prompt_embeds, self.model, p, media.embeddings if media else None)
         for kind, n in p.counts.items():
             METRICS.prompt_tokens.labels(kind).inc(n)
-        return Prepared(embeds, p.counts, media, params)
+        return Prepared(embeds, p, media, params)
 
     async def _bounded(self, request: Request, coro, deadline: float):
         """Runs ``coro`` until the deadline (504) or the client's departure (499), cancelling it."""
@@ -236,23 +285,33 @@ class ChatService:
                 text.append(delta.text)
                 tokens, finish = delta.completion_tokens, delta.finish_reason
         METRICS.generated_tokens.inc(tokens)
-        return ChatCompletion(id=request_id, model=self.settings.model_id, video_id=prepared.video_id,
-                              media=prepared.media_info,
-                              choices=[Choice(message=ChatMessage(content="".join(text)), finish_reason=finish)],
-                              usage=prepared.usage(tokens))
+        return ChatCompletion(
+            id=request_id,
+            model=self.settings.model_id,
+            video_id=prepared.video_id,
+            media=prepared.media_info,
+            choices=[Choice(message=ChatMessage(content="".join(text)), finish_reason=finish)],
+            usage=prepared.usage(tokens),
+        )
 
-    async def _events(self, prepared: Prepared, include_usage: bool, deadline: float, started: float, route: str,
-                      ticket) -> AsyncIterator[str]:
+    async def _events(
+        self, prepared: Prepared, include_usage: bool, deadline: float, started: float, route: str, ticket
+    ) -> AsyncIterator[str]:
         """Server-sent events: role chunk, content chunks, finish chunk, usage chunk, [DONE]. The
         last chunk carries ``media``; an error after the first byte goes out in-band."""
         request_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
 
         def chunk(delta: ChoiceDelta | None, finish=None, usage=None, last=False) -> str:
-            obj = ChatCompletionChunk(id=request_id, created=created, model=self.settings.model_id,
-                                      video_id=prepared.video_id, media=prepared.media_info if last else None,
-                                      choices=[] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)],
-                                      usage=usage)
+            obj = ChatCompletionChunk(
+                id=request_id,
+                created=created,
+                model=self.settings.model_id,
+                video_id=prepared.video_id,
+                media=prepared.media_info if last else None,
+                choices=[] if delta is None else [ChunkChoice(delta=delta, finish_reason=finish)],
+                usage=usage,
+            )
             return f"data: {obj.model_dump_json()}\n\n"
 
         tokens = 0
@@ -271,8 +330,9 @@ class ChatService:
                         break
                     except asyncio.TimeoutError:
                         await stream.aclose()
-                        raise RequestTimedOut(f"the request took longer than {self.settings.request_timeout_s:g} s"
-                                              ) from None
+                        raise RequestTimedOut(
+                            f"the request took longer than {self.settings.request_timeout_s:g} s"
+                        ) from None
                     if first:
                         METRICS.ttft.observe(time.perf_counter() - started)
                         first = False

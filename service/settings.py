@@ -23,7 +23,8 @@ class Settings(BaseSettings):
     model: str = Field("demo", description="checkpoint folder or preset (demo, tiny, phi2)")
     served_model_name: str | None = Field(None, description="the id /v1/models reports; default: from `model`")
     engine: Literal["auto", "transformers", "vllm"] = Field(
-        "auto", description="auto: vLLM on a GPU when it is installed, else transformers")
+        "auto", description="auto: vLLM on a GPU when it is installed, else transformers"
+    )
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
 
@@ -60,7 +61,8 @@ class Settings(BaseSettings):
     # -- access ------------------------------------------------------------------------------
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_video_hosts: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="origins (https://host[:port]; a bare host means https) video_url may use")
+        default_factory=list, description="origins (https://host[:port]; a bare host means https) video_url may use"
+    )
     allowed_local_media_path: str | None = Field(None, description="file:// video URLs may name files under it")
     secret: str = Field(default_factory=lambda: secrets.token_hex(32), description="keys the video_id HMAC")
     docs: Literal["auto", "on", "off"] = Field("auto", description="/docs, /redoc, /openapi.json; auto: off with keys")
@@ -89,9 +91,14 @@ class Settings(BaseSettings):
 
     @property
     def media_limits(self) -> MediaLimits:
-        return MediaLimits(max_pixels=self.max_pixels, max_packets=self.max_packets,
-                           max_seconds=self.max_video_seconds, threads=self.ffmpeg_threads,
-                           memory_bytes=self.ffmpeg_memory_bytes, timeout=self.ffmpeg_timeout_s)
+        return MediaLimits(
+            max_pixels=self.max_pixels,
+            max_packets=self.max_packets,
+            max_seconds=self.max_video_seconds,
+            threads=self.ffmpeg_threads,
+            memory_bytes=self.ffmpeg_memory_bytes,
+            timeout=self.ffmpeg_timeout_s,
+        )
 
     @property
     def docs_open(self) -> bool:

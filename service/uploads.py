@@ -68,8 +68,9 @@ class TempWriter:
     def write(self, data: bytes) -> None:
         self.size += len(data)
         if self.size > self.limit:
-            raise UploadTooLarge(f"the {self.param} is larger than this service's limit of {_mib(self.limit)}",
-                                 param=self.param)
+            raise UploadTooLarge(
+                f"the {self.param} is larger than this service's limit of {_mib(self.limit)}", param=self.param
+            )
         self.file.write(data)
         self.hash.update(data)
 
@@ -139,8 +140,10 @@ class BodyReader:
                 window_bytes += len(body)
             if now - window_start >= self.window_s:
                 if window_bytes < self.min_bytes and (message is None or message.get("more_body")):
-                    raise UploadTooSlow(f"the {self.what} arrived slower than {self.min_bytes} bytes per "
-                                        f"{self.window_s:g} s; send it faster or in one piece")
+                    raise UploadTooSlow(
+                        f"the {self.what} arrived slower than {self.min_bytes} bytes per "
+                        f"{self.window_s:g} s; send it faster or in one piece"
+                    )
                 window_start, window_bytes = now, 0
             if message is None:
                 continue
@@ -161,8 +164,15 @@ class Form:
     file_field: str | None = None
 
 
-async def read_form(content_type: str, reader: BodyReader, temp_dir: str, file_limit: int,
-                    file_fields: tuple[str, ...], max_fields: int, max_field_bytes: int) -> Form:
+async def read_form(
+    content_type: str,
+    reader: BodyReader,
+    temp_dir: str,
+    file_limit: int,
+    file_fields: tuple[str, ...],
+    max_fields: int,
+    max_field_bytes: int,
+) -> Form:
     """A multipart (or url-encoded) form: at most one file, which goes to a temp file."""
     ctype, params = parse_options_header(content_type)
     if ctype == b"application/x-www-form-urlencoded":  # no file: a follow-up by video_id
@@ -196,8 +206,15 @@ def _bounded(pairs, max_fields: int, max_field_bytes: int) -> dict[str, str]:
 
 
 class _FormParser:
-    def __init__(self, boundary: bytes, temp_dir: str, file_limit: int, file_fields: tuple[str, ...],
-                 max_fields: int, max_field_bytes: int):
+    def __init__(
+        self,
+        boundary: bytes,
+        temp_dir: str,
+        file_limit: int,
+        file_fields: tuple[str, ...],
+        max_fields: int,
+        max_field_bytes: int,
+    ):
         self.temp_dir, self.file_limit, self.file_fields = temp_dir, file_limit, file_fields
         self.max_fields, self.max_field_bytes = max_fields, max_field_bytes
         self.form = Form()
@@ -207,11 +224,20 @@ class _FormParser:
         self.header, self.value, self.headers = b"", b"", {}
         self.name: str = ""
         self.buf = bytearray()
-        self.parser = MultipartParser(boundary, {
-            "on_part_begin": self._part_begin, "on_header_field": self._header_field,
-            "on_header_value": self._header_value, "on_header_end": self._header_end,
-            "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
-            "on_part_end": self._part_end, "on_end": self._end}, max_size=float("inf"))
+        self.parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+                "on_end": self._end,
+            },
+            max_size=float("inf"),
+        )
 
     def write(self, chunk: bytes) -> None:
         try:
@@ -272,8 +298,9 @@ class _FormParser:
             return
         self.buf += data[start:end]
         if len(self.buf) > self.max_field_bytes:
-            raise BadParameter(f"form field {self.name!r} is longer than {_mib(self.max_field_bytes)}",
-                               param=self.name or None)
+            raise BadParameter(
+                f"form field {self.name!r} is longer than {_mib(self.max_field_bytes)}", param=self.name or None
+            )
 
     def _part_end(self) -> None:
         if self.name and self.name not in self.file_fields:

@@ -27,16 +27,33 @@ log = logging.getLogger("avchat.vllm")
 class VLLMEngine(Engine):
     name = "vllm"
 
-    def __init__(self, llm_path: str, tokenizer_path: str | None, *, dtype: str, max_model_len: int,
-                 gpu_memory_utilization: float, seed: int = 0, skip_tokenizer_init: bool = False):
+    def __init__(
+        self,
+        llm_path: str,
+        tokenizer_path: str | None,
+        *,
+        dtype: str,
+        max_model_len: int,
+        gpu_memory_utilization: float,
+        seed: int = 0,
+        skip_tokenizer_init: bool = False,
+    ):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
 
         on_cpu = not torch.cuda.is_available()
-        args = AsyncEngineArgs(model=llm_path, tokenizer=tokenizer_path, enable_prompt_embeds=True, dtype=dtype,
-                               max_model_len=max_model_len, gpu_memory_utilization=gpu_memory_utilization,
-                               seed=seed, enforce_eager=on_cpu, disable_log_stats=True,
-                               skip_tokenizer_init=skip_tokenizer_init)
+        args = AsyncEngineArgs(
+            model=llm_path,
+            tokenizer=tokenizer_path,
+            enable_prompt_embeds=True,
+            dtype=dtype,
+            max_model_len=max_model_len,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            enforce_eager=on_cpu,
+            disable_log_stats=True,
+            skip_tokenizer_init=skip_tokenizer_init,
+        )
         self.detokenize = not skip_tokenizer_init  # benchmarks with random weights have no tokenizer
         self.llm = AsyncLLM.from_engine_args(args)
 
@@ -46,14 +63,21 @@ class VLLMEngine(Engine):
         root = model.source
         llm = os.path.join(root, config.llm) if root and os.path.isdir(os.path.join(root, config.llm)) else config.llm
         if model.has_lora:
-            raise RuntimeError("the vLLM engine serves a merged LLM; export the checkpoint with the LoRA merged "
-                               "(python -m training.export) or use AVCHAT_ENGINE=transformers")
+            raise RuntimeError(
+                "the vLLM engine serves a merged LLM; export the checkpoint with the LoRA merged "
+                "(python -m training.export) or use AVCHAT_ENGINE=transformers"
+            )
         if os.path.exists(os.path.join(llm, "tokenizer_config.json")):
             tokenizer = llm  # the exported llm/ carries the tokenizer with <audio>/<video>
         else:
             tokenizer = root if config.tokenizer_name is None else config.tokenizer_name
-        engine = cls(llm, tokenizer, dtype=settings.dtype, max_model_len=config.context_length,
-                     gpu_memory_utilization=settings.vllm_gpu_memory)
+        engine = cls(
+            llm,
+            tokenizer,
+            dtype=settings.dtype,
+            max_model_len=config.context_length,
+            gpu_memory_utilization=settings.vllm_gpu_memory,
+        )
         # vLLM holds the LLM now; the service only needs its embedding table on the device.
         model.offload_llm_except_embeddings()
         return engine
@@ -62,10 +86,16 @@ class VLLMEngine(Engine):
         from vllm import SamplingParams as VSamplingParams
         from vllm.sampling_params import RequestOutputKind
 
-        sampling = VSamplingParams(max_tokens=params.max_tokens, temperature=params.temperature, top_p=params.top_p,
-                                   seed=None if params.seed is None else params.seed % 2**63,
-                                   stop=params.stop or None, output_kind=RequestOutputKind.DELTA,
-                                   skip_special_tokens=True, detokenize=self.detokenize)
+        sampling = VSamplingParams(
+            max_tokens=params.max_tokens,
+            temperature=params.temperature,
+            top_p=params.top_p,
+            seed=None if params.seed is None else params.seed % 2**63,
+            stop=params.stop or None,
+            output_kind=RequestOutputKind.DELTA,
+            skip_special_tokens=True,
+            detokenize=self.detokenize,
+        )
         count, started = 0, False
         METRICS.engine_running.inc()
         try:
