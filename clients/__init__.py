@@ -1,26 +1,65 @@
 """OpenAI-style Python SDK for the avchat video chat API (httpx + pydantic only).
 
-    from clients import Client
+from clients import Client
 
-    client = Client(base_url="http://127.0.0.1:8000")
-    answer = client.video.chat.create(video="clip.mp4", prompt="What do you hear?")
-    print(answer.choices[0].message.content)
+client = Client(base_url="http://127.0.0.1:8000")
+answer = client.video.chat.create(video="clip.mp4", prompt="What do you hear?")
+print(answer.choices[0].message.content)
 """
 
 from ._client import AsyncClient, Client
+from ._errors import (
+    APIConnectionError,
+    APIError,
+    APIStatusError,
+    APITimeoutError,
+    AuthenticationError,
+    AVChatError,
+    BadRequestError,
+    ConflictError,
+    GatewayTimeoutError,
+    InternalServerError,
+    NotFoundError,
+    PayloadTooLargeError,
+    PermissionDeniedError,
+    RateLimitError,
+    ServiceUnavailableError,
+    UnprocessableEntityError,
+    UnsupportedMediaTypeError,
+)
 from ._streaming import AsyncStream, Stream
-from .resources import AsyncConversation, Conversation, image_url_part, video_url_part
-from ._errors import (APIConnectionError, APIError, APIStatusError, APITimeoutError, AuthenticationError,
-                      AVChatError, BadRequestError, ConflictError, GatewayTimeoutError, InternalServerError,
-                      NotFoundError, PayloadTooLargeError, PermissionDeniedError, RateLimitError,
-                      ServiceUnavailableError, UnprocessableEntityError, UnsupportedMediaTypeError)
 from ._types import ChatCompletion, ChatCompletionChunk, Model, ModelList, Usage
+from .resources import AsyncConversation, Conversation, image_url_part, video_url_part
 
 __all__ = [
-    "APIConnectionError", "APIError", "APIStatusError", "APITimeoutError", "AVChatError", "AsyncClient",
-    "AsyncConversation", "AsyncStream", "AuthenticationError", "BadRequestError", "ChatCompletion",
-    "ChatCompletionChunk", "Client", "ConflictError", "Conversation", "GatewayTimeoutError", "InternalServerError",
-    "Model", "ModelList", "NotFoundError", "PayloadTooLargeError", "PermissionDeniedError", "RateLimitError",
-    "ServiceUnavailableError", "Stream", "UnprocessableEntityError", "UnsupportedMediaTypeError", "Usage",
-    "image_url_part", "video_url_part",
+    "APIConnectionError",
+    "APIError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AVChatError",
+    "AsyncClient",
+    "AsyncConversation",
+    "AsyncStream",
+    "AuthenticationError",
+    "BadRequestError",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "Client",
+    "ConflictError",
+    "Conversation",
+    "GatewayTimeoutError",
+    "InternalServerError",
+    "Model",
+    "ModelList",
+    "NotFoundError",
+    "PayloadTooLargeError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "ServiceUnavailableError",
+    "Stream",
+    "UnprocessableEntityError",
+    "UnsupportedMediaTypeError",
+    "Usage",
+    "image_url_part",
+    "video_url_part",
 ]

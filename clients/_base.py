@@ -77,9 +77,23 @@ class Upload:
         return (self.name, v, "application/octet-stream"), lambda: None
 
 
-def video_form(*, video_id=None, uuid=None, messages=None, prompt=None, stream=False, input_modalities=None,
-               max_tokens=None, temperature=None, top_p=None, seed=None, stop=None, stream_options=None, start=None,
-               end=None) -> dict[str, str]:
+def video_form(
+    *,
+    video_id=None,
+    uuid=None,
+    messages=None,
+    prompt=None,
+    stream=False,
+    input_modalities=None,
+    max_tokens=None,
+    temperature=None,
+    top_p=None,
+    seed=None,
+    stop=None,
+    stream_options=None,
+    start=None,
+    end=None,
+) -> dict[str, str]:
     """The form fields of ``POST /v1/video/chat`` (the file goes separately)."""
     if messages is not None and prompt is not None:
         raise ValueError("pass messages or prompt, not both")
@@ -93,13 +107,22 @@ def video_form(*, video_id=None, uuid=None, messages=None, prompt=None, stream=F
     if stream_options:
         form["stream_options"] = json.dumps(stream_options)
     if input_modalities is not None:
-        form["input_modalities"] = ",".join([input_modalities] if isinstance(input_modalities, str)
-                                            else input_modalities)
+        form["input_modalities"] = ",".join(
+            [input_modalities] if isinstance(input_modalities, str) else input_modalities
+        )
     if stop is not None:
         form["stop"] = stop if isinstance(stop, str) else json.dumps(list(stop))
-    for key, value in (("video_id", video_id), ("uuid", uuid), ("prompt", prompt), ("max_tokens", max_tokens),
-                       ("temperature", temperature), ("top_p", top_p), ("seed", seed), ("start", start),
-                       ("end", end)):
+    for key, value in (
+        ("video_id", video_id),
+        ("uuid", uuid),
+        ("prompt", prompt),
+        ("max_tokens", max_tokens),
+        ("temperature", temperature),
+        ("top_p", top_p),
+        ("seed", seed),
+        ("start", start),
+        ("end", end),
+    ):
         if value is not None:
             form[key] = str(value)
     return form
@@ -147,7 +170,7 @@ def retry_delay(attempt: int, response: httpx.Response | None) -> float:
     after = retry_after(response)
     if after is not None and 0 <= after <= MAX_RETRY_AFTER:
         return after
-    delay = min(INITIAL_RETRY_DELAY * 2 ** attempt, MAX_RETRY_DELAY)
+    delay = min(INITIAL_RETRY_DELAY * 2**attempt, MAX_RETRY_DELAY)
     return delay * (1 - 0.25 * random.random())
 
 

@@ -21,8 +21,9 @@ class _Common:
         self.max_retries = _base.DEFAULT_MAX_RETRIES if max_retries is None else max_retries
         self._headers = _base.headers(self.api_key, default_headers)
 
-    def _attempt(self, method: str, path: str, *, json, data, upload: Upload | None, stream: bool, timeout
-                 ) -> tuple[httpx.Request, Callable[[], None]]:
+    def _attempt(
+        self, method: str, path: str, *, json, data, upload: Upload | None, stream: bool, timeout
+    ) -> tuple[httpx.Request, Callable[[], None]]:
         """One attempt's request, with the upload opened afresh; call the returned cleanup after."""
         files, cleanup = None, lambda: None
         if upload is not None:
@@ -32,8 +33,15 @@ class _Common:
             headers = dict(self._headers)
             if stream:
                 headers["Accept"] = "text/event-stream"
-            request = self._http.build_request(method, self.base_url + path, json=json, data=data, files=files,
-                                               headers=headers, timeout=timeout if timeout is not None else self.timeout)
+            request = self._http.build_request(
+                method,
+                self.base_url + path,
+                json=json,
+                data=data,
+                files=files,
+                headers=headers,
+                timeout=timeout if timeout is not None else self.timeout,
+            )
             return request, cleanup
         except BaseException:
             cleanup()
@@ -52,23 +60,45 @@ class Client(_Common):
     5xx. Pass ``http_client`` to use your own ``httpx.Client``.
     """
 
-    def __init__(self, *, base_url: str | None = None, api_key: str | None = None,
-                 timeout: float | httpx.Timeout | None = None, max_retries: int | None = None,
-                 default_headers: dict[str, str] | None = None, http_client: httpx.Client | None = None):
-        super().__init__(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
-                         default_headers=default_headers)
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int | None = None,
+        default_headers: dict[str, str] | None = None,
+        http_client: httpx.Client | None = None,
+    ):
+        super().__init__(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            default_headers=default_headers,
+        )
         self._http = http_client or httpx.Client()
         self._owns_http = http_client is None
         self.video = Video(self)
         self.chat = Chat(self)
         self.models = Models(self)
 
-    def request(self, method: str, path: str, *, json=None, data=None, upload: Upload | None = None,
-                stream: bool = False, timeout=None) -> httpx.Response:
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json=None,
+        data=None,
+        upload: Upload | None = None,
+        stream: bool = False,
+        timeout=None,
+    ) -> httpx.Response:
         """Sends with retries; returns a successful response (open, when streaming)."""
         for attempt in range(self.max_retries + 1):
-            request, cleanup = self._attempt(method, path, json=json, data=data, upload=upload, stream=stream,
-                                             timeout=timeout)
+            request, cleanup = self._attempt(
+                method, path, json=json, data=data, upload=upload, stream=stream, timeout=timeout
+            )
             response = None
             try:
                 try:
@@ -104,22 +134,44 @@ class Client(_Common):
 class AsyncClient(_Common):
     """Asynchronous twin of :class:`Client` (same arguments and environment variables)."""
 
-    def __init__(self, *, base_url: str | None = None, api_key: str | None = None,
-                 timeout: float | httpx.Timeout | None = None, max_retries: int | None = None,
-                 default_headers: dict[str, str] | None = None, http_client: httpx.AsyncClient | None = None):
-        super().__init__(base_url=base_url, api_key=api_key, timeout=timeout, max_retries=max_retries,
-                         default_headers=default_headers)
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float | httpx.Timeout | None = None,
+        max_retries: int | None = None,
+        default_headers: dict[str, str] | None = None,
+        http_client: httpx.AsyncClient | None = None,
+    ):
+        super().__init__(
+            base_url=base_url,
+            api_key=api_key,
+            timeout=timeout,
+            max_retries=max_retries,
+            default_headers=default_headers,
+        )
         self._http = http_client or httpx.AsyncClient()
         self._owns_http = http_client is None
         self.video = AsyncVideo(self)
         self.chat = AsyncChat(self)
         self.models = AsyncModels(self)
 
-    async def request(self, method: str, path: str, *, json=None, data=None, upload: Upload | None = None,
-                      stream: bool = False, timeout=None) -> httpx.Response:
+    async def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json=None,
+        data=None,
+        upload: Upload | None = None,
+        stream: bool = False,
+        timeout=None,
+    ) -> httpx.Response:
         for attempt in range(self.max_retries + 1):
-            request, cleanup = self._attempt(method, path, json=json, data=data, upload=upload, stream=stream,
-                                             timeout=timeout)
+            request, cleanup = self._attempt(
+                method, path, json=json, data=data, upload=upload, stream=stream, timeout=timeout
+            )
             response = None
             try:
                 try:

@@ -97,20 +97,31 @@ class APITimeoutError(APIConnectionError):
         super().__init__(f"Request timed out{where}.", request=request)
 
 
-_BY_STATUS = {400: BadRequestError, 401: AuthenticationError, 403: PermissionDeniedError, 404: NotFoundError,
-              409: ConflictError, 413: PayloadTooLargeError, 415: UnsupportedMediaTypeError,
-              422: UnprocessableEntityError, 429: RateLimitError, 503: ServiceUnavailableError,
-              504: GatewayTimeoutError}
+_BY_STATUS = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    413: PayloadTooLargeError,
+    415: UnsupportedMediaTypeError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+    503: ServiceUnavailableError,
+    504: GatewayTimeoutError,
+}
 
 
 def status_error(response: httpx.Response, body: Any) -> APIStatusError:
     cls = _BY_STATUS.get(response.status_code)
     if cls is None:
         cls = InternalServerError if response.status_code >= 500 else APIStatusError
-    detail = body.get("error", {}).get("message") if isinstance(body, dict) and isinstance(body.get("error"), dict) \
+    detail = (
+        body.get("error", {}).get("message")
+        if isinstance(body, dict) and isinstance(body.get("error"), dict)
         else (body if isinstance(body, str) else None)
-    return cls(f"Error code: {response.status_code} - {detail or response.reason_phrase}", response=response,
-               body=body)
+    )
+    return cls(f"Error code: {response.status_code} - {detail or response.reason_phrase}", response=response, body=body)
 
 
 def transport_error(exc: httpx.TransportError, request: httpx.Request) -> APIError:

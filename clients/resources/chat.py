@@ -17,8 +17,14 @@ def _data_url(path: str | os.PathLike, fallback: str) -> str:
         return f"data:{mime};base64,{base64.b64encode(f.read()).decode()}"
 
 
-def video_url_part(path: str | os.PathLike | None = None, *, url: str | None = None, uuid: str | None = None,
-                   start: float | None = None, end: float | None = None) -> dict:
+def video_url_part(
+    path: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    uuid: str | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> dict:
     """A ``video_url`` content part: a local file (sent as a data: URL) or a ``url``; ``uuid``
     names it for reuse, and alone (no path, no url) reuses the video named so earlier."""
     part: dict = {"type": "video_url"}
@@ -39,24 +45,60 @@ def image_url_part(path: str | os.PathLike | None = None, *, url: str | None = N
     return part
 
 
-def _body(messages, model, stream, max_tokens, temperature, top_p, seed, stop, stream_options, input_modalities,
-          video_id) -> dict:
-    return drop_none({"model": model, "messages": list(messages), "stream": stream or None, "max_tokens": max_tokens,
-                      "temperature": temperature, "top_p": top_p, "seed": seed, "stop": stop,
-                      "stream_options": stream_options, "input_modalities": input_modalities, "video_id": video_id})
+def _body(
+    messages, model, stream, max_tokens, temperature, top_p, seed, stop, stream_options, input_modalities, video_id
+) -> dict:
+    return drop_none(
+        {
+            "model": model,
+            "messages": list(messages),
+            "stream": stream or None,
+            "max_tokens": max_tokens,
+            "temperature": temperature,
+            "top_p": top_p,
+            "seed": seed,
+            "stop": stop,
+            "stream_options": stream_options,
+            "input_modalities": input_modalities,
+            "video_id": video_id,
+        }
+    )
 
 
 class Completions:
     def __init__(self, client):
         self._client = client
 
-    def create(self, *, messages: list[dict], model: str | None = None, stream: bool = False,
-               max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
-               seed: int | None = None, stop: str | list[str] | None = None, stream_options: dict | None = None,
-               input_modalities: list[str] | None = None, video_id: str | None = None, timeout=None):
+    def create(
+        self,
+        *,
+        messages: list[dict],
+        model: str | None = None,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        stream_options: dict | None = None,
+        input_modalities: list[str] | None = None,
+        video_id: str | None = None,
+        timeout=None,
+    ):
         """OpenAI Chat Completions; put the video in a message as ``video_url_part(path)``."""
-        body = _body(messages, model, stream, max_tokens, temperature, top_p, seed, stop, stream_options,
-                     input_modalities, video_id)
+        body = _body(
+            messages,
+            model,
+            stream,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            stream_options,
+            input_modalities,
+            video_id,
+        )
         response = self._client.request("POST", "/v1/chat/completions", json=body, stream=stream, timeout=timeout)
         if stream:
             return Stream(response, ChatCompletionChunk)
@@ -67,15 +109,36 @@ class AsyncCompletions:
     def __init__(self, client):
         self._client = client
 
-    async def create(self, *, messages: list[dict], model: str | None = None, stream: bool = False,
-                     max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
-                     seed: int | None = None, stop: str | list[str] | None = None,
-                     stream_options: dict | None = None, input_modalities: list[str] | None = None,
-                     video_id: str | None = None, timeout=None):
-        body = _body(messages, model, stream, max_tokens, temperature, top_p, seed, stop, stream_options,
-                     input_modalities, video_id)
-        response = await self._client.request("POST", "/v1/chat/completions", json=body, stream=stream,
-                                              timeout=timeout)
+    async def create(
+        self,
+        *,
+        messages: list[dict],
+        model: str | None = None,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        stream_options: dict | None = None,
+        input_modalities: list[str] | None = None,
+        video_id: str | None = None,
+        timeout=None,
+    ):
+        body = _body(
+            messages,
+            model,
+            stream,
+            max_tokens,
+            temperature,
+            top_p,
+            seed,
+            stop,
+            stream_options,
+            input_modalities,
+            video_id,
+        )
+        response = await self._client.request("POST", "/v1/chat/completions", json=body, stream=stream, timeout=timeout)
         if stream:
             return AsyncStream(response, ChatCompletionChunk)
         return ChatCompletion.model_validate(response.json())

@@ -28,21 +28,37 @@ class VideoChat:
     def __init__(self, client):
         self._client = client
 
-    def create(self, video: VideoInput | None = None, *, image: VideoInput | None = None, video_id: str | None = None,
-               uuid: str | None = None, messages: list[dict] | None = None, prompt: str | None = None,
-               stream: bool = False, input_modalities: list[str] | str | None = None,
-               modalities: list[str] | str | None = None, start: float | None = None, end: float | None = None,
-               max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
-               seed: int | None = None, stop: str | list[str] | None = None, stream_options: dict | None = None,
-               timeout=None) -> ChatCompletion | Stream[ChatCompletionChunk]:
+    def create(
+        self,
+        video: VideoInput | None = None,
+        *,
+        image: VideoInput | None = None,
+        video_id: str | None = None,
+        uuid: str | None = None,
+        messages: list[dict] | None = None,
+        prompt: str | None = None,
+        stream: bool = False,
+        input_modalities: list[str] | str | None = None,
+        modalities: list[str] | str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        stream_options: dict | None = None,
+        timeout=None,
+    ) -> ChatCompletion | Stream[ChatCompletionChunk]:
         """Ask about a video. ``video`` is a path, bytes, a binary file object or a video_id;
         ``image`` a still image; ``uuid`` names the upload for later requests (or, alone, reuses
         it). ``input_modalities`` (``modalities`` is its older name) picks the streams used;
         ``start``/``end`` the seconds analysed. Returns a :class:`ChatCompletion`, or with
         ``stream=True`` a ``Stream[ChatCompletionChunk]``."""
         form, upload = _request(video, image, video_id, uuid, _options(locals()))
-        response = self._client.request("POST", "/v1/video/chat", data=form, upload=upload, stream=stream,
-                                        timeout=timeout)
+        response = self._client.request(
+            "POST", "/v1/video/chat", data=form, upload=upload, stream=stream, timeout=timeout
+        )
         if stream:
             return Stream(response, ChatCompletionChunk)
         return ChatCompletion.model_validate(response.json())
@@ -56,16 +72,32 @@ class AsyncVideoChat:
     def __init__(self, client):
         self._client = client
 
-    async def create(self, video: VideoInput | None = None, *, image: VideoInput | None = None,
-                     video_id: str | None = None, uuid: str | None = None, messages: list[dict] | None = None,
-                     prompt: str | None = None, stream: bool = False, input_modalities: list[str] | str | None = None,
-                     modalities: list[str] | str | None = None, start: float | None = None, end: float | None = None,
-                     max_tokens: int | None = None, temperature: float | None = None, top_p: float | None = None,
-                     seed: int | None = None, stop: str | list[str] | None = None,
-                     stream_options: dict | None = None, timeout=None):
+    async def create(
+        self,
+        video: VideoInput | None = None,
+        *,
+        image: VideoInput | None = None,
+        video_id: str | None = None,
+        uuid: str | None = None,
+        messages: list[dict] | None = None,
+        prompt: str | None = None,
+        stream: bool = False,
+        input_modalities: list[str] | str | None = None,
+        modalities: list[str] | str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        stream_options: dict | None = None,
+        timeout=None,
+    ):
         form, upload = _request(video, image, video_id, uuid, _options(locals()))
-        response = await self._client.request("POST", "/v1/video/chat", data=form, upload=upload, stream=stream,
-                                              timeout=timeout)
+        response = await self._client.request(
+            "POST", "/v1/video/chat", data=form, upload=upload, stream=stream, timeout=timeout
+        )
         if stream:
             return AsyncStream(response, ChatCompletionChunk)
         return ChatCompletion.model_validate(response.json())
@@ -75,8 +107,19 @@ class AsyncVideoChat:
 
 
 def _options(args: dict[str, Any]) -> dict[str, Any]:
-    keys = ("messages", "prompt", "stream", "max_tokens", "temperature", "top_p", "seed", "stop", "stream_options",
-            "start", "end")
+    keys = (
+        "messages",
+        "prompt",
+        "stream",
+        "max_tokens",
+        "temperature",
+        "top_p",
+        "seed",
+        "stop",
+        "stream_options",
+        "start",
+        "end",
+    )
     out = {k: args[k] for k in keys}
     out["input_modalities"] = args["input_modalities"] if args["input_modalities"] is not None else args["modalities"]
     return out
@@ -85,9 +128,9 @@ def _options(args: dict[str, Any]) -> dict[str, Any]:
 class Conversation:
     """Keeps the history and the video_id: the first question uploads the video, later ones don't.
 
-        chat = client.video.chat.conversation("clip.mp4")
-        print(chat.ask("What do you hear?").choices[0].message.content)
-        for chunk in chat.ask("And what do you see?", stream=True): ...
+    chat = client.video.chat.conversation("clip.mp4")
+    print(chat.ask("What do you hear?").choices[0].message.content)
+    for chunk in chat.ask("And what do you see?", stream=True): ...
     """
 
     def __init__(self, resource, video: VideoInput, *, system: str | None = None, **defaults):
