@@ -8,7 +8,7 @@ PORT ?= 8000
 CLIP ?= model/demo/sample.mp4
 QUESTION ?= What colour is the square, and what do you hear?
 
-.PHONY: install install-dev demo serve ask test bench experiment clean
+.PHONY: install install-dev system-deps demo serve ask lint test test-wheel-ffmpeg bench experiment clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,21 @@ serve: install
 ask: install
 	$(PY) -m model ask "$(CLIP)" "$(QUESTION)"
 
-test: install-dev
-	$(PY) -m pytest
+system-deps:
+	scripts/system-deps.sh
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+# About 15 minutes on a quiet 2-core machine (much longer on a busy one); the slowest tests are listed at the end.
+test: install-dev system-deps
+	$(PY) -m pytest --durations=15
+
+# The media and service tests again, with the imageio-ffmpeg wheel's ffmpeg (9.x) instead of the system's.
+test-wheel-ffmpeg: install-dev
+	AVCHAT_FFMPEG="$$($(PY) -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" \
+	AVCHAT_TEST_ENGINES=transformers $(PY) -m pytest tests/test_media.py tests/test_service.py tests/test_service_edge.py
 
 bench: install-dev
 	-$(PY) bench/frame_sampling.py

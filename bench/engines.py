@@ -27,8 +27,15 @@ CLIP = ROOT / "tests" / "media" / "vllama_dog_barking.mp4"
 
 def stream(url: str, video_id: str, tokens: int, seed: int) -> tuple[float, float, int]:
     """(TTFT, total seconds, completion tokens) of one streamed answer."""
-    data = {"video_id": video_id, "prompt": "Describe everything.", "max_tokens": str(tokens), "stream": "true",
-            "temperature": "1.0", "seed": str(seed), "stream_options": json.dumps({"include_usage": True})}
+    data = {
+        "video_id": video_id,
+        "prompt": "Describe everything.",
+        "max_tokens": str(tokens),
+        "stream": "true",
+        "temperature": "1.0",
+        "seed": str(seed),
+        "stream_options": json.dumps({"include_usage": True}),
+    }
     t0 = time.perf_counter()
     ttft, count = None, 0
     with httpx.stream("POST", url + "/v1/video/chat", data=data, timeout=600) as resp:
@@ -48,13 +55,18 @@ def stream(url: str, video_id: str, tokens: int, seed: int) -> tuple[float, floa
 def measure(engine: str, tokens: int, requests: int, tmp: Path) -> dict:
     from tests.servers import Server
 
-    srv = Server({"AVCHAT_ENGINE": engine, "AVCHAT_MAX_CONCURRENCY": "8", "VLLM_CPU_KVCACHE_SPACE": "1"},
-                 tmp / f"{engine}.log")
+    srv = Server(
+        {"AVCHAT_ENGINE": engine, "AVCHAT_MAX_CONCURRENCY": "8", "VLLM_CPU_KVCACHE_SPACE": "1"}, tmp / f"{engine}.log"
+    )
     try:
         srv.wait_ready(300)
         with CLIP.open("rb") as f:
-            video_id = httpx.post(srv.url + "/v1/video/chat", files={"video": (CLIP.name, f)},
-                                  data={"prompt": "hi", "max_tokens": "2"}, timeout=300).json()["video_id"]
+            video_id = httpx.post(
+                srv.url + "/v1/video/chat",
+                files={"video": (CLIP.name, f)},
+                data={"prompt": "hi", "max_tokens": "2"},
+                timeout=300,
+            ).json()["video_id"]
         stream(srv.url, video_id, 4, 0)  # warm-up
         single = [stream(srv.url, video_id, tokens, i) for i in range(requests)]
         start = time.perf_counter()
@@ -84,8 +96,10 @@ def main() -> int:
     print("|---|---|---|---|---|")
     for n in ("1", "8"):
         print(f"| {n} | tokens/s | {t['tps_' + n]:.1f} | {v['tps_' + n]:.1f} | {v['tps_' + n] / t['tps_' + n]:.2f} |")
-        print(f"| {n} | TTFT p50 (s) | {t['ttft_' + n]:.3f} | {v['ttft_' + n]:.3f} | "
-              f"{v['ttft_' + n] / t['ttft_' + n]:.2f} |")
+        print(
+            f"| {n} | TTFT p50 (s) | {t['ttft_' + n]:.3f} | {v['ttft_' + n]:.3f} | "
+            f"{v['ttft_' + n] / t['ttft_' + n]:.2f} |"
+        )
     try:
         import matplotlib
 

@@ -45,8 +45,9 @@ async def engine_run(engine, embeds, concurrency: int, tokens: int) -> tuple[flo
     async def one(i):
         start = time.perf_counter()
         first, count = None, 0
-        async for delta in engine.generate(f"r{i}-{time.time()}", embeds,
-                                           SamplingParams(max_tokens=tokens, temperature=1.0, seed=i)):
+        async for delta in engine.generate(
+            f"r{i}-{time.time()}", embeds, SamplingParams(max_tokens=tokens, temperature=1.0, seed=i)
+        ):
             first = first or time.perf_counter()
             count = delta.completion_tokens
         return first - start, count, time.perf_counter() - first
@@ -74,8 +75,15 @@ def main() -> int:
     frames = torch.randn(100, 3, 384, 384, device="cuda", dtype=torch.bfloat16)
     mel = torch.randn(1, 80, 3000, device="cuda", dtype=torch.bfloat16)
     with torch.inference_mode():
-        rows.append(("SigLIP so400m, 100 frames (layer -2, pooled)", f"{timed(lambda: model.pool_video([frames])) * 1e3:.1f} ms"))
-        rows.append(("Whisper-small, one 30 s window (64 tokens)", f"{timed(lambda: model.encode_audio(mel)) * 1e3:.1f} ms"))
+        rows.append(
+            (
+                "SigLIP so400m, 100 frames (layer -2, pooled)",
+                f"{timed(lambda: model.pool_video([frames])) * 1e3:.1f} ms",
+            )
+        )
+        rows.append(
+            ("Whisper-small, one 30 s window (64 tokens)", f"{timed(lambda: model.encode_audio(mel)) * 1e3:.1f} ms")
+        )
         ids = torch.randint(0, 50000, (1, 950), device="cuda")
         ids[0, 10:74] = 50296
         ids[0, 80:909] = 50295
@@ -96,8 +104,9 @@ def main() -> int:
     model.llm.save_pretrained(folder)
     model.llm.to("cpu")
     torch.cuda.empty_cache()
-    engine = VLLMEngine(str(folder), None, dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.6,
-                        skip_tokenizer_init=True)
+    engine = VLLMEngine(
+        str(folder), None, dtype="bfloat16", max_model_len=2048, gpu_memory_utilization=0.6, skip_tokenizer_init=True
+    )
 
     async def vllm_runs():
         out = []

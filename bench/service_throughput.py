@@ -29,8 +29,14 @@ sys.path.insert(0, str(ROOT))
 import httpx  # noqa: E402
 
 MEDIA = ROOT / "tests" / "media"
-CLIPS = ["vllama_dog_barking.mp4", "vllama_boat.mp4", "vllava_sample_demo_1.mp4", "moviepy_chaplin.mp4",
-         "vllama_birthday.mp4", "moviepy_big_buck_bunny_432_433.webm"]
+CLIPS = [
+    "vllama_dog_barking.mp4",
+    "vllama_boat.mp4",
+    "vllava_sample_demo_1.mp4",
+    "moviepy_chaplin.mp4",
+    "vllama_birthday.mp4",
+    "moviepy_big_buck_bunny_432_433.webm",
+]
 
 
 def pct(values, p):
@@ -113,8 +119,14 @@ def main() -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="avchat-bench-"))
     home = Path(os.environ.get("AVCHAT_HOME", Path.home() / ".cache" / "avchat"))
-    server = Server({"AVCHAT_HOME": str(home), "AVCHAT_ENGINE": os.environ.get("AVCHAT_ENGINE", "transformers"),
-                     "AVCHAT_MAX_CONCURRENCY": str(args.clients)}, tmp / "server.log")
+    server = Server(
+        {
+            "AVCHAT_HOME": str(home),
+            "AVCHAT_ENGINE": os.environ.get("AVCHAT_ENGINE", "transformers"),
+            "AVCHAT_MAX_CONCURRENCY": str(args.clients),
+        },
+        tmp / "server.log",
+    )
     try:
         server.wait_ready()
         base_wall, base_ttft, base_cores = baseline(workload(args.requests, tmp), args.max_tokens)
@@ -147,8 +159,10 @@ def main() -> int:
     tp_ratio = svc_tp / base_tp
     cache_ratio = statistics.median(follow) / statistics.median(first)
     cores = os.cpu_count() or 1
-    print(f"\nthe in-process baseline keeps {base_cores:.2f} of {cores} cores busy, so running requests side by side "
-          f"can add at most {cores / base_cores:.2f}x on this machine")
+    print(
+        f"\nthe in-process baseline keeps {base_cores:.2f} of {cores} cores busy, so running requests side by side "
+        f"can add at most {cores / base_cores:.2f}x on this machine"
+    )
     print(f"throughput ratio (service / in-process): {tp_ratio:.2f}  (target >= 1.5)")
     print(f"TTFT ratio (cached follow-up / first question): {cache_ratio:.3f}  (target <= 0.2)")
     try:
@@ -161,8 +175,11 @@ def main() -> int:
         a.bar(["in-process\nsequential", f"service\n{args.clients} clients"], [base_tp, svc_tp], color=["grey", "C0"])
         a.set_ylabel("requests / s")
         a.set_title(f"throughput ({tp_ratio:.2f}x)")
-        b.bar(["first question", "cached follow-up"], [statistics.median(first), statistics.median(follow)],
-              color=["grey", "C2"])
+        b.bar(
+            ["first question", "cached follow-up"],
+            [statistics.median(first), statistics.median(follow)],
+            color=["grey", "C2"],
+        )
         b.set_ylabel("TTFT p50 (s)")
         b.set_title(f"time to first token ({cache_ratio:.2f}x)")
         fig.tight_layout()

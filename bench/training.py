@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -20,32 +18,73 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 MEDIA = ROOT / "tests" / "media"
-CLIPS = ["vllama_dog_barking.mp4", "vllama_boat.mp4", "vllava_sample_demo_1.mp4", "moviepy_chaplin.mp4",
-         "vllama_birthday.mp4", "moviepy_big_buck_bunny_432_433.webm"]
+CLIPS = [
+    "vllama_dog_barking.mp4",
+    "vllama_boat.mp4",
+    "vllava_sample_demo_1.mp4",
+    "moviepy_chaplin.mp4",
+    "vllama_birthday.mp4",
+    "moviepy_big_buck_bunny_432_433.webm",
+]
 
 
 def manifest(tmp: Path) -> Path:
     path = tmp / "bench.jsonl"
     with path.open("w") as f:
         for i, clip in enumerate(CLIPS * 2):
-            row = {"id": f"b{i}", "video": str(MEDIA / clip), "audio_from_video": True, "conversations": [
-                {"from": "human", "value": "<video>\nWhat happens in this clip?"},
-                {"from": "gpt", "value": f"clip number {i} plays"}]}
+            row = {
+                "id": f"b{i}",
+                "video": str(MEDIA / clip),
+                "audio_from_video": True,
+                "conversations": [
+                    {"from": "human", "value": "<video>\nWhat happens in this clip?"},
+                    {"from": "gpt", "value": f"clip number {i} plays"},
+                ],
+            }
             f.write(json.dumps(row) + "\n")
     return path
 
 
 def run(tmp: Path, data: Path, steps: int, cache: Path | None) -> dict:
     out = tmp / ("cached" if cache else "raw")
-    args = [sys.executable, "-m", "training.finetune", "--model", "tiny", "--data", str(data), "--output-dir",
-            str(out), "--max-steps", str(steps), "--per-device-train-batch-size", "2", "--gradient-accumulation-steps",
-            "1", "--lora-r", "8", "--lora-alpha", "16", "--save-steps", "100000", "--logging-steps", "1",
-            "--dataloader-num-workers", "0", "--report-to", "none", "--export", "false"]
+    args = [
+        sys.executable,
+        "-m",
+        "training.finetune",
+        "--model",
+        "tiny",
+        "--data",
+        str(data),
+        "--output-dir",
+        str(out),
+        "--max-steps",
+        str(steps),
+        "--per-device-train-batch-size",
+        "2",
+        "--gradient-accumulation-steps",
+        "1",
+        "--lora-r",
+        "8",
+        "--lora-alpha",
+        "16",
+        "--save-steps",
+        "100000",
+        "--logging-steps",
+        "1",
+        "--dataloader-num-workers",
+        "0",
+        "--report-to",
+        "none",
+        "--export",
+        "false",
+    ]
     if cache:
         args += ["--feature-cache", str(cache)]
-    script = ("import resource, runpy, sys, time; sys.argv = sys.argv[1:]; t = time.time()\n"
-              "try:\n    runpy.run_module('training.finetune', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-              "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'WALL', time.time() - t)")
+    script = (
+        "import resource, runpy, sys, time; sys.argv = sys.argv[1:]; t = time.time()\n"
+        "try:\n    runpy.run_module('training.finetune', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('PEAK', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, 'WALL', time.time() - t)"
+    )
     proc = subprocess.run([sys.executable, "-c", script, *args[2:]], cwd=ROOT, capture_output=True, text=True)
     tail = [line for line in proc.stdout.splitlines() if line.startswith("PEAK")]
     if proc.returncode != 0 or not tail:
@@ -63,8 +102,23 @@ def main() -> int:
     tmp = Path(tempfile.mkdtemp(prefix="avchat-trainbench-"))
     data = manifest(tmp)
     start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "training.prepare", "features", "--manifest", str(data), "--model", "tiny",
-                    "--cache", str(tmp / "features")], cwd=ROOT, check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "training.prepare",
+            "features",
+            "--manifest",
+            str(data),
+            "--model",
+            "tiny",
+            "--cache",
+            str(tmp / "features"),
+        ],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    )
     build = time.perf_counter() - start
     raw = run(tmp, data, args.steps, None)
     cached = run(tmp, data, args.steps, tmp / "features")
@@ -73,8 +127,10 @@ def main() -> int:
     print("|---|---|---|")
     print(f"| encode on the fly | {raw['steps_per_s']:.2f} | {raw['peak_mib']:.0f} |")
     print(f"| feature cache | {cached['steps_per_s']:.2f} | {cached['peak_mib']:.0f} |")
-    print(f"\nspeed-up with the cache: {cached['steps_per_s'] / raw['steps_per_s']:.1f}x; "
-          f"peak memory ratio: {cached['peak_mib'] / raw['peak_mib']:.2f}")
+    print(
+        f"\nspeed-up with the cache: {cached['steps_per_s'] / raw['steps_per_s']:.1f}x; "
+        f"peak memory ratio: {cached['peak_mib'] / raw['peak_mib']:.2f}"
+    )
     return 0
 
 

@@ -7,9 +7,8 @@ import os
 import subprocess
 from pathlib import Path
 
-import pytest
-
 import imageio_ffmpeg
+import pytest
 
 MEDIA = Path(__file__).resolve().parent / "media"
 MEDIA_FILES = sorted(p for p in MEDIA.glob("*") if p.suffix not in (".tsv", ".md"))
@@ -22,8 +21,9 @@ FIXTURE_FFMPEG = imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def ffmpeg(*args: str) -> None:
-    subprocess.run([FIXTURE_FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args], check=True,
-                   timeout=300)
+    subprocess.run(
+        [FIXTURE_FFMPEG, "-hide_banner", "-loglevel", "error", "-nostdin", "-y", *args], check=True, timeout=300
+    )
 
 
 @pytest.fixture(scope="session")
@@ -45,29 +45,95 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     out = {}
     # 10 s at 30 fps with a 3 s stereo 44.1 kHz tone: timestamps and audio resampling.
     out["cfr"] = d / "cfr.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=10",
-           "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100:duration=3", "-ac", "2",
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-t", "10",
-           str(out["cfr"]))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=320x240:rate=30:duration=10",
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=frequency=440:sample_rate=44100:duration=3",
+        "-ac",
+        "2",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        "-c:a",
+        "aac",
+        "-t",
+        "10",
+        str(out["cfr"]),
+    )
     # Variable frame rate: 2 s at 5 fps, then 2 s at 30 fps.
     out["vfr"] = d / "vfr.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=5:duration=2",
-           "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30:duration=2",
-           "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-fps_mode", "vfr",
-           "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(out["vfr"]))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=5:duration=2",
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=30:duration=2",
+        "-filter_complex",
+        "[0:v][1:v]concat=n=2:v=1[v]",
+        "-map",
+        "[v]",
+        "-fps_mode",
+        "vfr",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        str(out["vfr"]),
+    )
     # Left half red, right half blue, stored with a 90 degree display rotation.
     plain = d / "halves.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=red:size=64x64:duration=1:rate=10",
-           "-f", "lavfi", "-i", "color=c=blue:size=64x64:duration=1:rate=10",
-           "-filter_complex", "[0:v][1:v]hstack", "-c:v", "libx264", "-preset", "ultrafast",
-           "-pix_fmt", "yuv420p", str(plain))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=red:size=64x64:duration=1:rate=10",
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=blue:size=64x64:duration=1:rate=10",
+        "-filter_complex",
+        "[0:v][1:v]hstack",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        str(plain),
+    )
     out["rotated"] = d / "rotated.mp4"
     ffmpeg("-display_rotation", "90", "-i", str(plain), "-c", "copy", str(out["rotated"]))
     out["halves"] = plain
     # 30 s with a keyframe every 0.2 s: keyframes are denser than 10 targets.
     out["dense_keys"] = d / "dense_keys.mp4"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10:duration=30", "-c:v", "libx264",
-           "-preset", "ultrafast", "-g", "2", "-pix_fmt", "yuv420p", str(out["dense_keys"]))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=160x120:rate=10:duration=30",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-g",
+        "2",
+        "-pix_fmt",
+        "yuv420p",
+        str(out["dense_keys"]),
+    )
     return out
 
 
@@ -87,19 +153,67 @@ def odd_clips(tmp_path_factory) -> dict[str, tuple[Path, bool, bool]]:
     make("long.ts", [*src, *tone, *h264, "-c:a", "aac", "-f", "mpegts"])  # 150 frames, 1.4 s start offset
     make("offset.mp4", [*src, *tone, *h264, "-c:a", "aac", "-output_ts_offset", "10"])
     make("audio_first.mkv", [*src, "-itsoffset", "-0.5", *tone, *h264, "-c:a", "libopus"])
-    make("bframes.mp4", [*src, "-c:v", "libx264", "-preset", "medium", "-bf", "3", "-pix_fmt", "yuv420p"],
-         audio=False)
-    make("open_gop.mp4", ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30:duration=20", "-c:v", "libx264",
-                          "-preset", "medium", "-bf", "3", "-g", "30", "-x264-params", "open-gop=1",
-                          "-pix_fmt", "yuv420p"], audio=False)
-    make("vfr.mkv", ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=5:duration=3", "-f", "lavfi",
-                     "-i", "testsrc2=size=160x120:rate=30:duration=3", "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]",
-                     "-map", "[v]", "-fps_mode", "vfr", *h264], audio=False)
+    make("bframes.mp4", [*src, "-c:v", "libx264", "-preset", "medium", "-bf", "3", "-pix_fmt", "yuv420p"], audio=False)
+    make(
+        "open_gop.mp4",
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=30:duration=20",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "medium",
+            "-bf",
+            "3",
+            "-g",
+            "30",
+            "-x264-params",
+            "open-gop=1",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+        audio=False,
+    )
+    make(
+        "vfr.mkv",
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=5:duration=3",
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=30:duration=3",
+            "-filter_complex",
+            "[0:v][1:v]concat=n=2:v=1[v]",
+            "-map",
+            "[v]",
+            "-fps_mode",
+            "vfr",
+            *h264,
+        ],
+        audio=False,
+    )
     ffmpeg(*src, *tone, *h264, "-c:a", "aac", "-bf", "2", "-g", "25", str(d / "gop.mp4"))
     make("edit_list.mp4", ["-ss", "1.3", "-i", str(d / "gop.mp4"), "-c", "copy"])  # starts mid-GOP
     make("rotated.mp4", ["-display_rotation", "90", "-i", str(d / "gop.mp4"), "-c", "copy"])
-    make("ntsc.mp4", ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=30000/1001:duration=7", *tone, *h264,
-                      "-c:a", "aac", "-shortest"])
+    make(
+        "ntsc.mp4",
+        [
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc2=size=160x120:rate=30000/1001:duration=7",
+            *tone,
+            *h264,
+            "-c:a",
+            "aac",
+            "-shortest",
+        ],
+    )
     make("one_frame.mp4", [*src, *h264, "-frames:v", "1"], audio=False)
     make("silent_video.webm", [*src, "-c:v", "libvpx", "-b:v", "200k"], audio=False)
     make("audio_only.m4a", [*tone, "-c:a", "aac"], video=False)

@@ -25,10 +25,14 @@ class Server:
     def __init__(self, env: dict[str, str], log_path: Path):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.log = open(log_path, "wb")
+        self.log = open(log_path, "wb")  # noqa: SIM115 - open while the server runs; stop() closes it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(self.port)],
-            cwd=ROOT, env={**os.environ, "AVCHAT_MODEL": "tiny", **env}, stdout=self.log, stderr=subprocess.STDOUT)
+            cwd=ROOT,
+            env={**os.environ, "AVCHAT_MODEL": "tiny", **env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         self.ready_statuses: list[int] = []
 
     def wait_ready(self, timeout: float = 180) -> Server:

@@ -8,13 +8,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _ask(*args, home):
     env = {**os.environ, "AVCHAT_HOME": str(home)}
-    return subprocess.run([sys.executable, "-m", "model", "ask", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "model", "ask", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_ask_streams_an_answer_and_prints_the_token_accounting(media_dir, tiny_home):
-    out = _ask(str(media_dir / "vllama_dog_barking.mp4"), "What do you hear?", "--preset", "tiny",
-               "--max-tokens", "8", home=tiny_home)
+    out = _ask(
+        str(media_dir / "vllama_dog_barking.mp4"),
+        "What do you hear?",
+        "--preset",
+        "tiny",
+        "--max-tokens",
+        "8",
+        home=tiny_home,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip()
     assert "audio 64 + video 829" in out.stderr and "generated" in out.stderr
@@ -34,7 +42,8 @@ def test_ask_rejects_unknown_modalities(media_dir, tiny_home):
 
 
 def test_ask_uses_the_demo_model_by_default(tiny_home):
-    out = _ask(str(ROOT / "model" / "demo" / "sample.mp4"), "What colour is the square, and what do you hear?",
-               home=tiny_home)
+    out = _ask(
+        str(ROOT / "model" / "demo" / "sample.mp4"), "What colour is the square, and what do you hear?", home=tiny_home
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "red, a high tone"

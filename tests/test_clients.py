@@ -17,7 +17,7 @@ import httpx
 import pytest
 
 import clients
-from clients import Client, AsyncClient
+from clients import AsyncClient, Client
 from tests.servers import ROOT, Server
 
 KEY = "sdk-test-key"
@@ -26,10 +26,17 @@ LIMIT = 64 * 1024 * 1024
 
 @pytest.fixture(scope="module")
 def server(tiny, tiny_home, tmp_path_factory):
-    srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_API_KEYS": KEY, "AVCHAT_MAX_UPLOAD_BYTES": str(LIMIT),
-                  "AVCHAT_DOCS": "on",
-                  "AVCHAT_ENGINE": "transformers", "AVCHAT_TEMP_DIR": str(tmp_path_factory.mktemp("sdk-tmp"))},
-                 tmp_path_factory.mktemp("logs") / "sdk.log")
+    srv = Server(
+        {
+            "AVCHAT_HOME": str(tiny_home),
+            "AVCHAT_API_KEYS": KEY,
+            "AVCHAT_MAX_UPLOAD_BYTES": str(LIMIT),
+            "AVCHAT_DOCS": "on",
+            "AVCHAT_ENGINE": "transformers",
+            "AVCHAT_TEMP_DIR": str(tmp_path_factory.mktemp("sdk-tmp")),
+        },
+        tmp_path_factory.mktemp("logs") / "sdk.log",
+    )
     yield srv.wait_ready()
     srv.stop()
 
@@ -41,8 +48,9 @@ def client(server):
 
 
 def test_sync_completion_from_a_path(client, media_dir):
-    answer = client.video.chat.create(video=str(media_dir / "vllama_dog_barking.mp4"), prompt="What do you hear?",
-                                      max_tokens=4, temperature=0)
+    answer = client.video.chat.create(
+        video=str(media_dir / "vllama_dog_barking.mp4"), prompt="What do you hear?", max_tokens=4, temperature=0
+    )
     assert isinstance(answer, clients.ChatCompletion)
     assert answer.video_id.startswith("vid-") and answer.usage.completion_tokens == 4
     assert answer.usage.prompt_tokens_details.audio_tokens == 64
@@ -59,18 +67,26 @@ def test_video_as_bytes_file_object_and_video_id(client, media_dir):
 
 
 def test_sync_stream_and_early_exit_closes_the_connection(client, media_dir):
-    stream = client.video.chat.create(video=str(media_dir / "vllama_boat.mp4"), prompt="?", max_tokens=5,
-                                      stream=True, stream_options={"include_usage": True}, temperature=0)
+    stream = client.video.chat.create(
+        video=str(media_dir / "vllama_boat.mp4"),
+        prompt="?",
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+        temperature=0,
+    )
     chunks = list(stream)
     assert chunks[0].choices[0].delta.role == "assistant"
     assert chunks[-1].usage.completion_tokens == 5
     assert stream.response.is_closed
-    with client.video.chat.create(video=str(media_dir / "vllama_boat.mp4"), prompt="?", max_tokens=500,
-                                  stream=True, temperature=1.0) as early:
+    with client.video.chat.create(
+        video=str(media_dir / "vllama_boat.mp4"), prompt="?", max_tokens=500, stream=True, temperature=1.0
+    ) as early:
         next(iter(early))
     assert early.response.is_closed
-    early2 = client.video.chat.create(video=str(media_dir / "vllama_boat.mp4"), prompt="?", max_tokens=500,
-                                      stream=True, temperature=1.0)
+    early2 = client.video.chat.create(
+        video=str(media_dir / "vllama_boat.mp4"), prompt="?", max_tokens=500, stream=True, temperature=1.0
+    )
     for _ in early2:
         break
     assert early2.response.is_closed
@@ -79,10 +95,12 @@ def test_sync_stream_and_early_exit_closes_the_connection(client, media_dir):
 def test_async_client_streaming_and_not(server, media_dir):
     async def run():
         async with AsyncClient(base_url=server.url, api_key=KEY) as c:
-            answer = await c.video.chat.create(video=str(media_dir / "vllama_dog_barking.mp4"), prompt="?",
-                                               max_tokens=3, temperature=0)
-            stream = await c.video.chat.create(video=answer.video_id, prompt="?", max_tokens=3, temperature=0,
-                                               stream=True)
+            answer = await c.video.chat.create(
+                video=str(media_dir / "vllama_dog_barking.mp4"), prompt="?", max_tokens=3, temperature=0
+            )
+            stream = await c.video.chat.create(
+                video=answer.video_id, prompt="?", max_tokens=3, temperature=0, stream=True
+            )
             text = "".join([ch.choices[0].delta.content or "" async for ch in stream if ch.choices])
             models = await c.models.list()
             return answer, text, models
@@ -108,19 +126,23 @@ def test_conversation_uploads_once_and_keeps_history(client, media_dir, server):
 def test_chat_completions_with_a_video_url_part(client, media_dir):
     part = clients.video_url_part(media_dir / "vllama_dog_barking.mp4")
     assert part["video_url"]["url"].startswith("data:video/mp4;base64,")
-    answer = client.chat.completions.create(messages=[{"role": "user", "content": [
-        {"type": "text", "text": "What do you hear?"}, part]}], max_tokens=3)
+    answer = client.chat.completions.create(
+        messages=[{"role": "user", "content": [{"type": "text", "text": "What do you hear?"}, part]}], max_tokens=3
+    )
     assert answer.usage.prompt_tokens_details.video_tokens == 829
-    stream = client.chat.completions.create(messages=[{"role": "user", "content": [
-        {"type": "text", "text": "?"}, part]}], max_tokens=3, stream=True)
+    stream = client.chat.completions.create(
+        messages=[{"role": "user", "content": [{"type": "text", "text": "?"}, part]}], max_tokens=3, stream=True
+    )
     assert any(c.choices and c.choices[0].finish_reason for c in stream)
     assert [m.id for m in client.models.list().data] == ["tiny"]
 
 
 def test_each_error_class_from_a_real_cause(server, client, media_dir, tmp_path):
-    with Client(base_url=server.url, api_key="wrong", max_retries=0) as bad:
-        with pytest.raises(clients.AuthenticationError) as err:
-            bad.models.list()
+    with (
+        Client(base_url=server.url, api_key="wrong", max_retries=0) as bad,
+        pytest.raises(clients.AuthenticationError) as err,
+    ):
+        bad.models.list()
     assert err.value.status_code == 401 and err.value.request_id and err.value.code == "invalid_api_key"
     big = tmp_path / "big.mp4"
     with big.open("wb") as f:
@@ -139,9 +161,8 @@ def test_each_error_class_from_a_real_cause(server, client, media_dir, tmp_path)
     with pytest.raises(clients.BadRequestError) as err:
         client.video.chat.create(video=str(media_dir / "vllama_boat.mp4"), prompt="?", max_tokens=2000)
     assert err.value.code == "context_length_exceeded"
-    with Client(base_url="http://127.0.0.1:9", max_retries=0) as nowhere:
-        with pytest.raises(clients.APIConnectionError):
-            nowhere.models.list()
+    with Client(base_url="http://127.0.0.1:9", max_retries=0) as nowhere, pytest.raises(clients.APIConnectionError):
+        nowhere.models.list()
 
 
 def test_upload_memory_stays_flat(client, tmp_path):
@@ -162,34 +183,61 @@ def test_upload_memory_stays_flat(client, tmp_path):
 
 def test_client_types_match_the_service_schema(server):
     schema = httpx.get(server.url + "/openapi.json").json()["components"]["schemas"]
-    pairs = {"ChatCompletion": clients.ChatCompletion, "ChatCompletionChunk": clients.ChatCompletionChunk,
-             "Usage": clients.Usage, "PromptTokensDetails": clients._types.PromptTokensDetails,
-             "ChoiceDelta": clients._types.ChoiceDelta, "ChunkChoice": clients._types.ChunkChoice,
-             "Choice": clients._types.Choice, "ChatMessage": clients._types.ChatCompletionMessage,
-             "ModelCard": clients.Model, "ModelList": clients.ModelList}
+    pairs = {
+        "ChatCompletion": clients.ChatCompletion,
+        "ChatCompletionChunk": clients.ChatCompletionChunk,
+        "Usage": clients.Usage,
+        "PromptTokensDetails": clients._types.PromptTokensDetails,
+        "ChoiceDelta": clients._types.ChoiceDelta,
+        "ChunkChoice": clients._types.ChunkChoice,
+        "Choice": clients._types.Choice,
+        "ChatMessage": clients._types.ChatCompletionMessage,
+        "ModelCard": clients.Model,
+        "ModelList": clients.ModelList,
+    }
     for name, cls in pairs.items():
         server_fields = set(schema[name]["properties"])
         assert server_fields == set(cls.model_fields), (name, server_fields ^ set(cls.model_fields))
         required_here = {n for n, f in cls.model_fields.items() if f.is_required()}
         assert required_here <= set(schema[name].get("required", [])), name
     form = set(schema["VideoChatForm"]["properties"])
-    sent = set(clients._base.video_form(video_id="v", uuid="u", messages=[], prompt=None, stream=True,
-                                        input_modalities=["audio"], start=1, end=2,
-                                        max_tokens=1, temperature=1, top_p=1, seed=1, stop=["x"],
-                                        stream_options={"include_usage": True})) | {"video", "prompt"}
+    sent = set(
+        clients._base.video_form(
+            video_id="v",
+            uuid="u",
+            messages=[],
+            prompt=None,
+            stream=True,
+            input_modalities=["audio"],
+            start=1,
+            end=2,
+            max_tokens=1,
+            temperature=1,
+            top_p=1,
+            seed=1,
+            stop=["x"],
+            stream_options={"include_usage": True},
+        )
+    ) | {"video", "prompt"}
     assert sent <= form, sent - form
 
 
 def _metric(server, name):
     text = httpx.get(server.url + "/metrics").text
-    return sum(float(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(name + " "))
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(name + " "))
 
 
 # -- retries and timeouts against a scripted local server -------------------------------------------
 
-COMPLETION = {"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m", "video_id": "vid-1",
-              "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-              "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}}
+COMPLETION = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion",
+    "created": 1,
+    "model": "m",
+    "video_id": "vid-1",
+    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
+    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+}
 
 
 class Scripted:
@@ -237,10 +285,9 @@ def test_503_twice_then_200_is_retried_and_the_upload_resent(tmp_path):
     video = tmp_path / "v.mp4"
     video.write_bytes(b"x" * 100_000)
     try:
-        with Client(base_url=srv.url, max_retries=2) as c:
-            with video.open("rb") as f:
-                f.read(10)  # the SDK rewinds to where the caller left it, every attempt
-                answer = c.video.chat.create(video=f, prompt="?")
+        with Client(base_url=srv.url, max_retries=2) as c, video.open("rb") as f:
+            f.read(10)  # the SDK rewinds to where the caller left it, every attempt
+            answer = c.video.chat.create(video=f, prompt="?")
         assert answer.choices[0].message.content == "ok"
         assert len(srv.bodies) == 3 and len(set(srv.bodies)) == 1 and srv.bodies[0] > 99_990
         srv.script = [(503, busy, {"Retry-After": "0"}, 0)] * 3
@@ -279,8 +326,13 @@ def test_a_stalled_server_times_out_after_retries():
 
 
 def test_a_stream_that_breaks_after_tokens_is_not_retried():
-    chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
-             "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}]}
+    chunk = {
+        "id": "c",
+        "object": "chat.completion.chunk",
+        "created": 1,
+        "model": "m",
+        "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+    }
     body = f"data: {json.dumps(chunk)}\n\n".encode()
     error = {"error": {"message": "generation failed: boom", "type": "server_error"}}
     body_err = body + f"data: {json.dumps(error)}\n\n".encode()
@@ -302,8 +354,15 @@ def test_a_stream_that_breaks_after_tokens_is_not_retried():
 
 def _cli(*args, env_extra=None, input_text=None):
     env = {**os.environ, **(env_extra or {})}
-    return subprocess.run([sys.executable, "-m", "clients", *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=300, input=input_text)
+    return subprocess.run(
+        [sys.executable, "-m", "clients", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        input=input_text,
+    )
 
 
 def test_cli_streams_prints_json_and_chats(server, media_dir):
@@ -311,8 +370,9 @@ def test_cli_streams_prints_json_and_chats(server, media_dir):
     clip = str(media_dir / "vllama_dog_barking.mp4")
     out = _cli("chat", clip, "What do you hear?", "--max-tokens", "3", env_extra=env)
     assert out.returncode == 0, out.stderr
-    as_json = _cli("chat", clip, "What do you hear?", "--max-tokens", "3", "--json", "--temperature", "0",
-                   env_extra=env)
+    as_json = _cli(
+        "chat", clip, "What do you hear?", "--max-tokens", "3", "--json", "--temperature", "0", env_extra=env
+    )
     body = json.loads(as_json.stdout)
     assert body["object"] == "chat.completion" and body["usage"]["prompt_tokens_details"]["audio_tokens"] == 64
     chat = _cli("chat", clip, "--max-tokens", "2", env_extra=env, input_text="What?\nAnd then?\n\n")
@@ -322,18 +382,27 @@ def test_cli_streams_prints_json_and_chats(server, media_dir):
     assert models.stdout.startswith("tiny\tengine=")
 
 
-@pytest.mark.parametrize("case, code, message", [
-    ("bad key", 4, "HTTP 401"), ("text file", 7, "HTTP 415"), ("unknown id", 6, "HTTP 404"),
-    ("no server", 3, "error: Connection error"), ("missing file", 2, "no such file"),
-])
+@pytest.mark.parametrize(
+    "case, code, message",
+    [
+        ("bad key", 4, "HTTP 401"),
+        ("text file", 7, "HTTP 415"),
+        ("unknown id", 6, "HTTP 404"),
+        ("no server", 3, "error: Connection error"),
+        ("missing file", 2, "no such file"),
+    ],
+)
 def test_cli_exit_codes(server, tmp_path, case, code, message):
     env = {"AVCHAT_BASE_URL": server.url, "AVCHAT_API_KEY": KEY}
     text = tmp_path / "t.mp4"
     text.write_text("hello")
-    args = {"bad key": ["--api-key", "nope", "chat", str(text), "?"], "text file": ["chat", str(text), "?"],
-            "unknown id": ["chat", "vid-missing", "?"],
-            "no server": ["--base-url", "http://127.0.0.1:9", "--max-retries", "0", "chat", str(text), "?"],
-            "missing file": ["chat", str(tmp_path / "nope.mp4"), "?"]}[case]
+    args = {
+        "bad key": ["--api-key", "nope", "chat", str(text), "?"],
+        "text file": ["chat", str(text), "?"],
+        "unknown id": ["chat", "vid-missing", "?"],
+        "no server": ["--base-url", "http://127.0.0.1:9", "--max-retries", "0", "chat", str(text), "?"],
+        "missing file": ["chat", str(tmp_path / "nope.mp4"), "?"],
+    }[case]
     out = _cli(*args, env_extra=env)
     assert out.returncode == code, (out.returncode, out.stderr)
     assert message in out.stderr and "Traceback" not in out.stderr

@@ -21,7 +21,7 @@ def _stream_all(tok, text: str, stop=None, per_token=True) -> tuple[list[str], T
     ids = tok(text, add_special_tokens=False).input_ids
     stream = TextStream(tok, stop, tok.eos_token_id)
     pieces = []
-    for i in (ids if per_token else []):
+    for i in ids if per_token else []:
         pieces.append(stream.push(i))
         if stream.finish_reason:
             break
@@ -45,8 +45,16 @@ def test_multi_byte_characters_are_never_split_and_bad_bytes_never_shown(tok):
     assert stream.push(broken[0]) == "" and stream.finish() == ""
 
 
-@pytest.mark.parametrize("stop, expected", [(["high"], "red, a "), (["a h"], "red, "), ([", a"], "red"),
-                                            (["tone"], "red, a high "), (["zzz"], "red, a high tone")])
+@pytest.mark.parametrize(
+    "stop, expected",
+    [
+        (["high"], "red, a "),
+        (["a h"], "red, "),
+        ([", a"], "red"),
+        (["tone"], "red, a high "),
+        (["zzz"], "red, a high tone"),
+    ],
+)
 def test_stop_strings_are_found_across_tokens_and_never_emitted(tok, stop, expected):
     pieces, stream = _stream_all(tok, " red, a high tone", stop)
     assert "".join(pieces) == expected

@@ -29,7 +29,9 @@ def _tensors(model, frames=2, audio=True) -> MediaTensors:
     f = np.random.default_rng(0).integers(0, 255, (frames, 384, 384, 3), dtype=np.uint8) if frames else None
     a = np.random.default_rng(1).standard_normal(16000 * 2).astype(np.float32) * 0.1 if audio else None
     proc = model.processor
-    return MediaTensors(proc.pixel_values(f) if f is not None else None, proc.audio_features(a) if a is not None else None)
+    return MediaTensors(
+        proc.pixel_values(f) if f is not None else None, proc.audio_features(a) if a is not None else None
+    )
 
 
 def _sample(model, frames=2, audio=True, text="What is it?") -> Sample:
@@ -37,8 +39,11 @@ def _sample(model, frames=2, audio=True, text="What is it?") -> Sample:
     features = encode(model, [tensors])[0]
     has_media = features.video is not None or features.audio is not None
     p = prompt(model.processor, [{"role": "user", "content": text}], features if has_media else None)
-    return Sample(torch.tensor([p.ids]), None if features.video is None else features.video[None],
-                  None if features.audio is None else features.audio[None])
+    return Sample(
+        torch.tensor([p.ids]),
+        None if features.video is None else features.video[None],
+        None if features.audio is None else features.audio[None],
+    )
 
 
 def _logits(model, sample):
@@ -91,13 +96,17 @@ def test_padded_batch_matches_single_samples(tiny):
     a_t, b_t = _tensors(tiny, frames=2), _tensors(tiny, frames=4, audio=False)
     a = prompt(tiny.processor, [{"role": "user", "content": "What is it?"}], a_t, add_generation_prompt=False)
     b = prompt(tiny.processor, [{"role": "user", "content": "and this longer one?"}], b_t, add_generation_prompt=False)
-    batch = Collator(tiny.tokenizer.pad_token_id)([Example(a.ids, a.labels, a_t.video, a_t.audio),
-                                                   Example(b.ids, b.labels, b_t.video, None)])
+    batch = Collator(tiny.tokenizer.pad_token_id)(
+        [Example(a.ids, a.labels, a_t.video, a_t.audio), Example(b.ids, b.labels, b_t.video, None)]
+    )
     with torch.no_grad():
         out = tiny(**encoder_features(tiny, batch)).logits
     assert torch.allclose(out[0, : len(a.ids)], _logits(tiny, _sample(tiny, frames=2))[0], atol=1e-4)
-    assert torch.allclose(out[1, : len(b.ids)], _logits(tiny, _sample(tiny, frames=4, audio=False,
-                                                                       text="and this longer one?"))[0], atol=1e-4)
+    assert torch.allclose(
+        out[1, : len(b.ids)],
+        _logits(tiny, _sample(tiny, frames=4, audio=False, text="and this longer one?"))[0],
+        atol=1e-4,
+    )
 
 
 def test_save_and_load_round_trip_gives_identical_logits(tiny, tmp_path):
@@ -106,7 +115,14 @@ def test_save_and_load_round_trip_gives_identical_logits(tiny, tmp_path):
     again = AVChatModel.from_pretrained(tmp_path / "ckpt")
     assert torch.equal(_logits(tiny, sample), _logits(again, sample))
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [
-        "audio", "config.json", "llm", "projectors.safetensors", "tokenizer.json", "tokenizer_config.json", "vision"]
+        "audio",
+        "config.json",
+        "llm",
+        "projectors.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "vision",
+    ]
 
 
 def test_merged_lora_gives_the_same_outputs_as_unmerged(tiny_home, tmp_path):
@@ -136,8 +152,12 @@ def test_merged_lora_gives_the_same_outputs_as_unmerged(tiny_home, tmp_path):
 def test_bunny_projector_import(tiny_home, tmp_path):
     model = AVChatModel.from_pretrained("tiny")
     cv, h = model.config.vision_config.hidden_size, model.config.hidden_size
-    state = {"model.mm_projector.0.weight": torch.randn(h, cv), "model.mm_projector.0.bias": torch.randn(h),
-             "model.mm_projector.2.weight": torch.randn(h, h), "model.mm_projector.2.bias": torch.randn(h)}
+    state = {
+        "model.mm_projector.0.weight": torch.randn(h, cv),
+        "model.mm_projector.0.bias": torch.randn(h),
+        "model.mm_projector.2.weight": torch.randn(h, h),
+        "model.mm_projector.2.bias": torch.randn(h),
+    }
     model.load_bunny_projector(state)
     assert torch.equal(model.vision_projector[0].weight, state["model.mm_projector.0.weight"])
     assert torch.equal(model.vision_projector[2].bias, state["model.mm_projector.2.bias"])

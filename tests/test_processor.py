@@ -10,11 +10,14 @@ from model.processor import IGNORE_INDEX
 
 def _chat(proc, messages, frames=None, audio=None, modalities=None, max_new_tokens=0, add_generation_prompt=True):
     """preprocess + prompt of raw frames / audio (what the processor's two halves do)."""
-    tensors = MediaTensors(proc.pixel_values(frames) if frames is not None else None,
-                           proc.audio_features(audio) if audio is not None else None)
+    tensors = MediaTensors(
+        proc.pixel_values(frames) if frames is not None else None,
+        proc.audio_features(audio) if audio is not None else None,
+    )
     has_media = frames is not None or audio is not None
-    return tensors, prompt(proc, messages, tensors if has_media else None, modalities, max_new_tokens,
-                           add_generation_prompt)
+    return tensors, prompt(
+        proc, messages, tensors if has_media else None, modalities, max_new_tokens, add_generation_prompt
+    )
 
 
 @pytest.mark.parametrize("make", [tiny_config, phi2_config], ids=["tiny", "phi2"])
@@ -29,7 +32,10 @@ def test_presets_give_the_real_token_counts(make):
 def test_phi2_preset_names_the_real_components():
     config = phi2_config()
     assert (config.vision_tower, config.audio_tower, config.llm) == (
-        "google/siglip-so400m-patch14-384", "openai/whisper-small", "microsoft/phi-2")
+        "google/siglip-so400m-patch14-384",
+        "openai/whisper-small",
+        "microsoft/phi-2",
+    )
     assert config.hidden_size == 2560 and config.vision_config.hidden_size == 1152
     assert config.audio_config.d_model == 768 and config.text_config.vocab_size == 51200
 
@@ -70,40 +76,53 @@ def test_pixel_values_use_mean_and_std_one_half(tiny):
 
 def test_prompt_follows_the_bunny_template(tiny):
     proc = tiny.processor
-    pieces = proc.segments([{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"},
-                            {"role": "user", "content": "Q2"}], has_audio=True, has_video=True)
+    pieces = proc.segments(
+        [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}],
+        has_audio=True,
+        has_video=True,
+    )
     text = "".join(t for t, _ in pieces)
-    assert text == (tiny.config.system_prompt + " USER: <audio>\n<video>\nQ1 ASSISTANT: A1<|endoftext|>"
-                    "USER: Q2 ASSISTANT:")
+    assert text == (
+        tiny.config.system_prompt + " USER: <audio>\n<video>\nQ1 ASSISTANT: A1<|endoftext|>USER: Q2 ASSISTANT:"
+    )
 
 
 def _learned(tokenizer, ids, labels):
-    return [tokenizer.decode([i]) for i, l in zip(ids, labels) if l != IGNORE_INDEX]
+    return [tokenizer.decode([i]) for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
 
 
 def test_labels_mask_everything_but_the_answer(tiny):
     proc = tiny.processor
     frames = np.zeros((4, 384, 384, 3), dtype=np.uint8)
-    _, p = _chat(proc, [{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "red"}],
-                 frames=frames, audio=np.zeros(16000, np.float32), add_generation_prompt=False)
+    _, p = _chat(
+        proc,
+        [{"role": "user", "content": "What colour?"}, {"role": "assistant", "content": "red"}],
+        frames=frames,
+        audio=np.zeros(16000, np.float32),
+        add_generation_prompt=False,
+    )
     ids, labels = p.ids, p.labels
-    learned = [i for i, l in zip(ids, labels) if l != IGNORE_INDEX]
+    learned = [i for i, lab in zip(ids, labels) if lab != IGNORE_INDEX]
     assert proc.tokenizer.decode(learned) == " red<|endoftext|>"
     # The learned span is the tail, and labels equal ids there.
-    first = next(i for i, l in enumerate(labels) if l != IGNORE_INDEX)
-    assert all(l == IGNORE_INDEX for l in labels[:first]) and labels[first:] == ids[first:]
+    first = next(i for i, lab in enumerate(labels) if lab != IGNORE_INDEX)
+    assert all(lab == IGNORE_INDEX for lab in labels[:first]) and labels[first:] == ids[first:]
     assert proc.tokenizer.decode(ids[:first]).endswith("ASSISTANT:")
 
 
 def test_labels_in_a_multi_turn_chat(tiny):
     proc = tiny.processor
-    chat = [{"role": "user", "content": "Q one"}, {"role": "assistant", "content": "first answer"},
-            {"role": "user", "content": "Q two"}, {"role": "assistant", "content": "second answer"}]
+    chat = [
+        {"role": "user", "content": "Q one"},
+        {"role": "assistant", "content": "first answer"},
+        {"role": "user", "content": "Q two"},
+        {"role": "assistant", "content": "second answer"},
+    ]
     _, p = _chat(proc, chat, audio=np.zeros(16000, np.float32), add_generation_prompt=False)
     ids, labels = p.ids, p.labels
     spans, current = [], []
-    for i, l in zip(ids, labels):
-        if l != IGNORE_INDEX:
+    for i, lab in zip(ids, labels):
+        if lab != IGNORE_INDEX:
             current.append(i)
         elif current:
             spans.append(current)
@@ -140,13 +159,16 @@ def test_context_overflow_raises_and_says_by_how_much(tiny):
         _chat(proc, [{"role": "user", "content": "word " * 3000}])
 
 
-@pytest.mark.parametrize("messages, problem", [
-    ([], "start with a user"),
-    ([{"role": "assistant", "content": "hi"}], "start with a user"),
-    ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "alternate"),
-    ([{"role": "robot", "content": "a"}], "unknown message role"),
-    ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "last message"),
-])
+@pytest.mark.parametrize(
+    "messages, problem",
+    [
+        ([], "start with a user"),
+        ([{"role": "assistant", "content": "hi"}], "start with a user"),
+        ([{"role": "user", "content": "a"}, {"role": "user", "content": "b"}], "alternate"),
+        ([{"role": "robot", "content": "a"}], "unknown message role"),
+        ([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}], "last message"),
+    ],
+)
 def test_malformed_chats_raise(tiny, messages, problem):
     with pytest.raises(ValueError, match=problem):
         _chat(tiny.processor, messages)

@@ -36,13 +36,20 @@ def _engines() -> list[str]:
 @pytest.fixture(scope="module", params=_engines())
 def server(request, tiny, tiny_home, temp_dir, tmp_path_factory):
     """One real server per engine; every test in this file runs against each."""
-    srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_TEMP_DIR": str(temp_dir),
-                  "AVCHAT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT), "AVCHAT_ENGINE": request.param,
-                  "AVCHAT_ENCODER_BATCH_WINDOW_MS": "50", "VLLM_CPU_KVCACHE_SPACE": "1",
-                  # The default (cores / 2) is one decode at a time here, which spaces requests out so
-                  # they never meet at the encoder; the batching test needs them to arrive together.
-                  "AVCHAT_MAX_PARALLEL_DECODES": "4"},
-                 tmp_path_factory.mktemp("logs") / f"server-{request.param}.log")
+    srv = Server(
+        {
+            "AVCHAT_HOME": str(tiny_home),
+            "AVCHAT_TEMP_DIR": str(temp_dir),
+            "AVCHAT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
+            "AVCHAT_ENGINE": request.param,
+            "AVCHAT_ENCODER_BATCH_WINDOW_MS": "50",
+            "VLLM_CPU_KVCACHE_SPACE": "1",
+            # The default (cores / 2) is one decode at a time here, which spaces requests out so
+            # they never meet at the encoder; the batching test needs them to arrive together.
+            "AVCHAT_MAX_PARALLEL_DECODES": "4",
+        },
+        tmp_path_factory.mktemp("logs") / f"server-{request.param}.log",
+    )
     srv.engine = request.param
     yield srv.wait_ready()
     srv.stop()
@@ -106,14 +113,24 @@ def test_every_real_clip_gets_an_answer(server, media_files):
 
 def test_streaming_sends_openai_chunks_then_done(server, media_dir):
     path = media_dir / "vllama_boat.mp4"
-    with httpx.Client(timeout=120) as client:
-        with path.open("rb") as f:
-            with connect_sse(client, "POST", server.url + "/v1/video/chat",
-                             files={"video": ("boat.mp4", f)},
-                             data={"prompt": "What?", "max_tokens": "6", "stream": "true",
-                                   "stream_options": json.dumps({"include_usage": True})}) as events:
-                assert events.response.headers["content-type"].startswith("text/event-stream")
-                data = [e.data for e in events.iter_sse()]
+    with (
+        httpx.Client(timeout=120) as client,
+        path.open("rb") as f,
+        connect_sse(
+            client,
+            "POST",
+            server.url + "/v1/video/chat",
+            files={"video": ("boat.mp4", f)},
+            data={
+                "prompt": "What?",
+                "max_tokens": "6",
+                "stream": "true",
+                "stream_options": json.dumps({"include_usage": True}),
+            },
+        ) as events,
+    ):
+        assert events.response.headers["content-type"].startswith("text/event-stream")
+        data = [e.data for e in events.iter_sse()]
     assert data[-1] == "[DONE]"
     chunks = [json.loads(d) for d in data[:-1]]
     assert all(c["object"] == "chat.completion.chunk" for c in chunks)
@@ -130,15 +147,27 @@ def test_openai_sdk_with_a_video_url_data_url(server, media_dir):
     openai = pytest.importorskip("openai")
     client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused")
     video = base64.b64encode((media_dir / "vllama_dog_barking.mp4").read_bytes()).decode()
-    messages = [{"role": "user", "content": [
-        {"type": "text", "text": "What do you hear?"},
-        {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{video}"}}]}]
+    messages = [
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "What do you hear?"},
+                {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{video}"}},
+            ],
+        }
+    ]
     completion = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0)
     assert completion.choices[0].message.role == "assistant"
     assert completion.usage.completion_tokens == 5
     assert completion.usage.prompt_tokens > 893
-    stream = client.chat.completions.create(model="tiny", messages=messages, max_tokens=5, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=messages,
+        max_tokens=5,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == completion.choices[0].message.content  # greedy: same answer streamed or not
@@ -146,28 +175,55 @@ def test_openai_sdk_with_a_video_url_data_url(server, media_dir):
     models = client.models.list()
     assert [m.id for m in models.data] == ["tiny"]
     # Multi-turn history with the video in the first turn.
-    follow = client.chat.completions.create(model="tiny", max_tokens=3, messages=[
-        *messages, {"role": "assistant", "content": completion.choices[0].message.content},
-        {"role": "user", "content": "And then?"}])
+    follow = client.chat.completions.create(
+        model="tiny",
+        max_tokens=3,
+        messages=[
+            *messages,
+            {"role": "assistant", "content": completion.choices[0].message.content},
+            {"role": "user", "content": "And then?"},
+        ],
+    )
     assert follow.usage.prompt_tokens > completion.usage.prompt_tokens
     with pytest.raises(openai.BadRequestError) as err:
-        client.chat.completions.create(model="tiny", max_tokens=3, messages=[{"role": "user", "content": [
-            {"type": "text", "text": "?"}, {"type": "video_url", "video_url": {"url": "https://example.com/a.mp4"}}]}])
+        client.chat.completions.create(
+            model="tiny",
+            max_tokens=3,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "?"},
+                        {"type": "video_url", "video_url": {"url": "https://example.com/a.mp4"}},
+                    ],
+                }
+            ],
+        )
     assert err.value.body["code"] == "host_not_allowed"
 
 
 def test_concurrent_requests_share_encoder_batches(server, media_dir, clips):
     paths = [clips[k] for k in ("cfr", "vfr", "dense_keys", "halves")] + [
-        media_dir / n for n in ("vllama_boat.mp4", "moviepy_chaplin.mp4", "vllava_sample_demo_1.mp4",
-                                "moviepy_big_buck_bunny_432_433.webm")]
+        media_dir / n
+        for n in (
+            "vllama_boat.mp4",
+            "moviepy_chaplin.mp4",
+            "vllava_sample_demo_1.mp4",
+            "moviepy_big_buck_bunny_432_433.webm",
+        )
+    ]
     # Fresh content for every request, so nothing comes from the feature cache.
     batches_before = metric(server.url, "avchat_encoder_batch_size_count")
     nonce = str(time.time()).encode()
 
     def one(path):
         payload = path.read_bytes() + nonce  # trailing bytes: same media, new hash
-        return httpx.post(server.url + "/v1/video/chat", files={"video": (path.name, payload)},
-                          data={"prompt": "What?", "max_tokens": "3"}, timeout=180)
+        return httpx.post(
+            server.url + "/v1/video/chat",
+            files={"video": (path.name, payload)},
+            data={"prompt": "What?", "max_tokens": "3"},
+            timeout=180,
+        )
 
     with ThreadPoolExecutor(8) as pool:
         responses = list(pool.map(one, paths))
@@ -188,8 +244,11 @@ def test_follow_up_with_video_id_hits_the_cache(server, media_dir):
     assert metric(server.url, "avchat_feature_cache_total", 'result="hit"') == hits + 1
     assert metric(server.url, "avchat_decode_seconds_count") == decodes
     # Multi-turn messages with the same video, video only this time.
-    messages = [{"role": "user", "content": "What do you hear?"}, {"role": "assistant", "content": "a dog"},
-                {"role": "user", "content": "Is it loud?"}]
+    messages = [
+        {"role": "user", "content": "What do you hear?"},
+        {"role": "assistant", "content": "a dog"},
+        {"role": "user", "content": "Is it loud?"},
+    ]
     third = chat(server.url, None, prompt="", video_id=video_id, messages=json.dumps(messages), modalities="video")
     assert third.status_code == 200, third.text
     assert third.json()["usage"]["prompt_tokens_details"]["audio_tokens"] == 0
@@ -201,15 +260,20 @@ def _ffmpeg_children(pid: int) -> list:
 
 def test_client_leaving_mid_stream_stops_generation(server, media_dir):
     aborted = metric(server.url, "avchat_generations_aborted_total")
-    with httpx.Client(timeout=120) as client:
-        with (media_dir / "vllama_boat.mp4").open("rb") as f:
-            with client.stream("POST", server.url + "/v1/video/chat", files={"video": ("boat.mp4", f)},
-                               data={"prompt": "Tell me everything.", "max_tokens": "1000", "stream": "true",
-                                     "temperature": "1.0"}) as resp:
-                assert resp.status_code == 200
-                lines = resp.iter_lines()
-                got = [next(lines) for _ in range(3)]
-                assert got[0].startswith("data: ")
+    with (
+        httpx.Client(timeout=120) as client,
+        (media_dir / "vllama_boat.mp4").open("rb") as f,
+        client.stream(
+            "POST",
+            server.url + "/v1/video/chat",
+            files={"video": ("boat.mp4", f)},
+            data={"prompt": "Tell me everything.", "max_tokens": "1000", "stream": "true", "temperature": "1.0"},
+        ) as resp,
+    ):
+        assert resp.status_code == 200
+        lines = resp.iter_lines()
+        got = [next(lines) for _ in range(3)]
+        assert got[0].startswith("data: ")
     deadline = time.time() + 10
     while time.time() < deadline and metric(server.url, "avchat_generations_aborted_total") == aborted:
         time.sleep(0.1)
@@ -226,8 +290,9 @@ def test_client_leaving_during_decode_kills_ffmpeg(server, clips):
 
     def upload():
         try:
-            httpx.post(server.url + "/v1/video/chat", files={"video": ("v.mp4", payload)},
-                       data={"prompt": "?"}, timeout=0.25)
+            httpx.post(
+                server.url + "/v1/video/chat", files={"video": ("v.mp4", payload)}, data={"prompt": "?"}, timeout=0.25
+            )
         except httpx.HTTPError:
             pass
         stop.set()
@@ -255,31 +320,51 @@ BAD_INPUTS = [
     ("oversize upload", {"file": "oversize"}, 413, "payload_too_large", "limit"),
     ("unknown video_id", {"data": {"video_id": "vid-nope"}}, 404, "not_found_error", "unknown or expired"),
     ("no question", {"data": {"prompt": ""}}, 400, "invalid_request_error", "ask something"),
-    ("both video and video_id", {"data": {"video_id": "vid-x"}, "file": "clip"}, 400, "invalid_request_error",
-     "not both"),
+    (
+        "both video and video_id",
+        {"data": {"video_id": "vid-x"}, "file": "clip"},
+        400,
+        "invalid_request_error",
+        "not both",
+    ),
     ("temperature out of range", {"data": {"temperature": "7"}}, 422, "invalid_request_error", "temperature"),
     ("max_tokens not a number", {"data": {"max_tokens": "many"}}, 422, "invalid_request_error", "max_tokens"),
     ("unknown field", {"data": {"colour": "red"}}, 422, "invalid_request_error", "colour"),
     ("bad modalities", {"data": {"modalities": "smell"}}, 400, "invalid_request_error", "modalities"),
     ("messages not JSON", {"data": {"messages": "[oops", "prompt": ""}}, 422, "invalid_request_error", "JSON"),
-    ("over the context", {"file": "clip", "data": {"max_tokens": "2000"}}, 400, "invalid_request_error", "over the model's context"),
-    ("video-only on an audio file", {"file": "audio", "data": {"modalities": "video"}}, 415,
-     "unsupported_media_type", "no video stream"),
+    (
+        "over the context",
+        {"file": "clip", "data": {"max_tokens": "2000"}},
+        400,
+        "invalid_request_error",
+        "over the model's context",
+    ),
+    (
+        "video-only on an audio file",
+        {"file": "audio", "data": {"modalities": "video"}},
+        415,
+        "unsupported_media_type",
+        "no video stream",
+    ),
     ("not multipart", {"json": {"prompt": "hi"}}, 400, "invalid_request_error", "multipart"),
 ]
 
 
 @pytest.mark.parametrize("name, how, status, etype, fragment", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_inputs_get_the_right_status_and_an_openai_error(server, media_dir, tmp_path, name, how, status, etype,
-                                                             fragment):
+def test_bad_inputs_get_the_right_status_and_an_openai_error(
+    server, media_dir, tmp_path, name, how, status, etype, fragment
+):
     files = None
     kind = how.get("file")
     if kind:
-        content = {"text": lambda: b"just some text\n" * 50, "empty": lambda: b"",
-                   "truncated": lambda: (media_dir / "vllama_boat.mp4").read_bytes()[:300_000],
-                   "oversize": lambda: _oversize(tmp_path).read_bytes(),
-                   "clip": lambda: (media_dir / "vllama_boat.mp4").read_bytes(),
-                   "audio": lambda: (media_dir / "whisper_jfk.flac").read_bytes()}[kind]()
+        content = {
+            "text": lambda: b"just some text\n" * 50,
+            "empty": lambda: b"",
+            "truncated": lambda: (media_dir / "vllama_boat.mp4").read_bytes()[:300_000],
+            "oversize": lambda: _oversize(tmp_path).read_bytes(),
+            "clip": lambda: (media_dir / "vllama_boat.mp4").read_bytes(),
+            "audio": lambda: (media_dir / "whisper_jfk.flac").read_bytes(),
+        }[kind]()
         files = {"video": ("upload.mp4", content)}
     data = {"prompt": "What?", "max_tokens": "4", **how.get("data", {})}
     if "json" in how:
@@ -301,31 +386,87 @@ def test_unknown_route_and_openai_validation_errors(server):
 
 def test_metrics_expose_the_operational_numbers(server):
     text = httpx.get(server.url + "/metrics").text
-    for name in ("avchat_requests_total", "avchat_time_to_first_token_seconds", "avchat_request_seconds",
-                 "avchat_generated_tokens_total", "avchat_decode_seconds", "avchat_encode_seconds",
-                 "avchat_encoder_batch_size", "avchat_queue_depth", "avchat_feature_cache_total",
-                 "avchat_engine_info"):
+    for name in (
+        "avchat_requests_total",
+        "avchat_time_to_first_token_seconds",
+        "avchat_request_seconds",
+        "avchat_generated_tokens_total",
+        "avchat_decode_seconds",
+        "avchat_encode_seconds",
+        "avchat_encoder_batch_size",
+        "avchat_queue_depth",
+        "avchat_feature_cache_total",
+        "avchat_engine_info",
+    ):
         assert name in text, name
     assert re.search(r'avchat_requests_total\{route="/v1/video/chat",status="200"\} [1-9]', text)
 
 
-def test_temporary_files_are_all_removed(server, temp_dir):
-    # Runs after the tests above (file order): every upload, good or bad, is gone.
-    time.sleep(0.5)
+def test_temporary_files_are_all_removed(server, temp_dir, media_dir, tmp_path):
+    """Uploads that succeed, fail to decode, go over the limit or are abandoned all leave nothing."""
+    chat(server.url, media_dir / "vllama_boat.mp4")
+    bad = tmp_path / "bad.mp4"
+    bad.write_text("not a video\n" * 100)
+    chat(server.url, bad)
+    httpx.post(
+        server.url + "/v1/video/chat",
+        files={"video": ("big.mp4", _oversize(tmp_path).read_bytes())},
+        data={"prompt": "?"},
+        timeout=60,
+    )
+    clip = (media_dir / "vllama_boat.mp4").read_bytes() + b"left early"
+    try:
+        httpx.post(server.url + "/v1/video/chat", files={"video": ("v.mp4", clip)}, data={"prompt": "?"}, timeout=0.05)
+    except httpx.HTTPError:
+        pass
+    deadline = time.time() + 10
+    while time.time() < deadline and list(temp_dir.iterdir()):
+        time.sleep(0.1)
     assert list(temp_dir.iterdir()) == []
 
 
 @pytest.fixture(scope="module")
 def strict_server(tiny, tiny_home, tmp_path_factory):
-    srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_API_KEYS": "key-one,key-two",
-                  "AVCHAT_MAX_CONCURRENCY": "1", "AVCHAT_MAX_QUEUE": "0", "AVCHAT_REQUEST_TIMEOUT_S": "0.3",
-                  "AVCHAT_TEMP_DIR": str(tmp_path_factory.mktemp("strict-tmp")), "AVCHAT_ENGINE": "transformers"},
-                 tmp_path_factory.mktemp("logs") / "strict.log")
+    srv = Server(
+        {
+            "AVCHAT_HOME": str(tiny_home),
+            "AVCHAT_API_KEYS": "key-one,key-two",
+            "AVCHAT_MAX_CONCURRENCY": "1",
+            "AVCHAT_MAX_QUEUE": "0",
+            "AVCHAT_REQUEST_TIMEOUT_S": "0.3",
+            "AVCHAT_TEMP_DIR": str(tmp_path_factory.mktemp("strict-tmp")),
+            "AVCHAT_ENGINE": "transformers",
+        },
+        tmp_path_factory.mktemp("logs") / "strict.log",
+    )
     yield srv.wait_ready()
     srv.stop()
 
 
-def test_ready_answers_503_until_the_model_is_loaded(strict_server):
+def test_ready_answers_503_while_no_model_is_loaded(tiny_home, tmp_path):
+    """A model that cannot load: /health stays up, /ready and the API say 503 and why."""
+    srv = Server(
+        {"AVCHAT_HOME": str(tiny_home), "AVCHAT_MODEL": str(tmp_path / "no-such-checkpoint")}, tmp_path / "broken.log"
+    )
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                if httpx.get(srv.url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        r = httpx.get(srv.url + "/ready")
+        assert r.status_code == 503 and r.headers["retry-after"] and r.json()["error"]["type"] == "service_unavailable"
+        time.sleep(1)
+        r = httpx.get(srv.url + "/v1/models")
+        assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
+        assert "Traceback" not in srv.log_text()
+    finally:
+        srv.stop()
+
+
+def test_ready_answers_200_once_loaded(strict_server):
     assert strict_server.ready_statuses[-1] == 200
     assert set(strict_server.ready_statuses) <= {200, 503}
     assert httpx.get(strict_server.url + "/health").status_code == 200
@@ -346,9 +487,13 @@ def test_overlong_request_gets_504_and_a_full_queue_503(strict_server, media_dir
     payload = (media_dir / "vllava_sample_demo_1.mp4").read_bytes()
 
     def one(i):
-        return httpx.post(strict_server.url + "/v1/video/chat", headers=headers,
-                          files={"video": ("v.mp4", payload + str(i).encode())},
-                          data={"prompt": "?", "max_tokens": "3"}, timeout=60)
+        return httpx.post(
+            strict_server.url + "/v1/video/chat",
+            headers=headers,
+            files={"video": ("v.mp4", payload + str(i).encode())},
+            data={"prompt": "?", "max_tokens": "3"},
+            timeout=60,
+        )
 
     with ThreadPoolExecutor(4) as pool:
         responses = list(pool.map(one, range(4)))

@@ -60,12 +60,23 @@ def guarded(tiny, tiny_home, files, tmp_path_factory):
     temp = tmp_path_factory.mktemp("guarded-tmp")
     (temp / "avchat-upload-999999999-left.bin").write_bytes(b"left by a killed process")
     (temp / f"avchat-upload-{os.getpid()}-live.bin").write_bytes(b"a live process's upload")
-    srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_API_KEYS": f"{KEY_A},{KEY_B}", "AVCHAT_ENGINE": "transformers",
-                  "AVCHAT_MAX_CONCURRENCY": "1", "AVCHAT_MAX_QUEUE": "1", "AVCHAT_UPLOAD_RATE_WINDOW_S": "2",
-                  "AVCHAT_UPLOAD_MIN_BYTES": "4096", "AVCHAT_HEADER_TIMEOUT_S": "1", "AVCHAT_MAX_UPLOAD_BYTES": str(LIMIT),
-                  "AVCHAT_TEMP_DIR": str(temp), "AVCHAT_METRICS_REQUIRE_KEY": "true",
-                  "AVCHAT_ALLOWED_VIDEO_HOSTS": f"http://127.0.0.1:{files},http://localhost:{files}"},
-                 tmp_path_factory.mktemp("logs") / "guarded.log")
+    srv = Server(
+        {
+            "AVCHAT_HOME": str(tiny_home),
+            "AVCHAT_API_KEYS": f"{KEY_A},{KEY_B}",
+            "AVCHAT_ENGINE": "transformers",
+            "AVCHAT_MAX_CONCURRENCY": "1",
+            "AVCHAT_MAX_QUEUE": "1",
+            "AVCHAT_UPLOAD_RATE_WINDOW_S": "2",
+            "AVCHAT_UPLOAD_MIN_BYTES": "4096",
+            "AVCHAT_HEADER_TIMEOUT_S": "1",
+            "AVCHAT_MAX_UPLOAD_BYTES": str(LIMIT),
+            "AVCHAT_TEMP_DIR": str(temp),
+            "AVCHAT_METRICS_REQUIRE_KEY": "true",
+            "AVCHAT_ALLOWED_VIDEO_HOSTS": f"http://127.0.0.1:{files},http://localhost:{files}",
+        },
+        tmp_path_factory.mktemp("logs") / "guarded.log",
+    )
     srv.temp = temp
     yield srv.wait_ready()
     srv.stop()
@@ -113,10 +124,14 @@ def test_start_up_removes_uploads_a_killed_process_left_and_only_those(guarded):
 def _slow_uploader(port: int, stop: threading.Event, result: dict) -> None:
     """Headers, a few hundred bytes of a multipart body, then one byte every 0.5 s."""
     boundary = "slowslowslow"
-    head = (f"POST /v1/video/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY_A}\r\n"
-            f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000000\r\n\r\n")
-    body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"prompt\"\r\n\r\nWhat?\r\n--{boundary}\r\n"
-            f"Content-Disposition: form-data; name=\"video\"; filename=\"v.mp4\"\r\n\r\n").encode() + b"\0" * 200
+    head = (
+        f"POST /v1/video/chat HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {KEY_A}\r\n"
+        f"Content-Type: multipart/form-data; boundary={boundary}\r\nContent-Length: 100000000\r\n\r\n"
+    )
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nWhat?\r\n--{boundary}\r\n'
+        f'Content-Disposition: form-data; name="video"; filename="v.mp4"\r\n\r\n'
+    ).encode() + b"\0" * 200
     with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
         s.sendall(head.encode() + body)
         s.settimeout(0.5)
@@ -131,7 +146,7 @@ def _slow_uploader(port: int, stop: threading.Event, result: dict) -> None:
                     data += more
                 result["answer"] = data.decode("latin-1") if data else "closed"
                 return
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError:
                 result["answer"] = "closed"
@@ -173,7 +188,7 @@ def test_a_connection_that_never_finishes_its_headers_is_closed(guarded):
             try:
                 if s.recv(1024) == b"":
                     break
-            except socket.timeout:
+            except TimeoutError:
                 pass
             time.sleep(0.2)
         assert time.perf_counter() - started < 4
@@ -189,8 +204,9 @@ def test_an_unauthenticated_huge_body_is_refused_at_once_with_flat_memory(guarde
             yield chunk
 
     started = time.perf_counter()
-    r = httpx.post(guarded.url + "/v1/chat/completions", content=body(), headers={"content-type": "application/json"},
-                   timeout=60)
+    r = httpx.post(
+        guarded.url + "/v1/chat/completions", content=body(), headers={"content-type": "application/json"}, timeout=60
+    )
     elapsed = time.perf_counter() - started
     assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
     is_error(r, 401, "invalid_api_key")
@@ -201,11 +217,16 @@ def test_an_unauthenticated_huge_body_is_refused_at_once_with_flat_memory(guarde
 def test_a_json_body_over_its_cap_is_413_with_or_without_content_length(guarded):
     cap = LIMIT * 4 // 3 + 1024 * 1024
     big = b'{"messages": "' + b"a" * (cap + 10) + b'"}'
-    r = httpx.post(guarded.url + "/v1/chat/completions", content=big, headers={**A, "content-type": "application/json"},
-                   timeout=60)
+    r = httpx.post(
+        guarded.url + "/v1/chat/completions", content=big, headers={**A, "content-type": "application/json"}, timeout=60
+    )
     is_error(r, 413, "upload_too_large")
-    r = httpx.post(guarded.url + "/v1/chat/completions", content=(big[i:i + 65536] for i in range(0, len(big), 65536)),
-                   headers={**A, "content-type": "application/json"}, timeout=60)
+    r = httpx.post(
+        guarded.url + "/v1/chat/completions",
+        content=(big[i : i + 65536] for i in range(0, len(big), 65536)),
+        headers={**A, "content-type": "application/json"},
+        timeout=60,
+    )
     is_error(r, 413, "upload_too_large")
 
 
@@ -229,8 +250,11 @@ def test_docs_are_closed_with_keys_and_metrics_are_behind_the_key(guarded):
 
 def test_form_fields_are_capped_in_number_and_size(guarded):
     many = {f"f{i}": "x" for i in range(40)}
-    is_error(httpx.post(guarded.url + "/v1/video/chat", files={"x": ("a", b"1")}, data=many, headers=A), 400,
-             "too_many_fields")
+    is_error(
+        httpx.post(guarded.url + "/v1/video/chat", files={"x": ("a", b"1")}, data=many, headers=A),
+        400,
+        "too_many_fields",
+    )
     huge = {"prompt": "x" * (300 * 1024)}
     error = is_error(httpx.post(guarded.url + "/v1/video/chat", files={"x": ("a", b"1")}, data=huge, headers=A), 400)
     assert error["param"] == "prompt"
@@ -249,74 +273,196 @@ def _bad_requests(clip: bytes) -> list[tuple[str, dict, int]]:
     part = {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{b64}"}}
     cases = [
         ("multipart garbage", dict(content=b"garbage" * 100, headers=_multipart(b"")[1]), 400),
-        ("multipart empty boundary", dict(content=b"--\r\n", headers={**A, "content-type": "multipart/form-data; "
-                                                                                        "boundary="}), 400),
-        ("multipart part header over 8 kB", dict(content=b"--b0undary\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\nx\r\n"
-                                                 b"--b0undary--\r\n", headers=_multipart(b"")[1]), 400),
-        ("multipart without its end", dict(content=b"--b0undary\r\nContent-Disposition: form-data; name=\"prompt\""
-                                           b"\r\n\r\nhi", headers=_multipart(b"")[1]), 400),
-        ("json nested 100000 deep", dict(content=b"[" * 100_000 + b"]" * 100_000,
-                                         headers={**A, "content-type": "application/json"}), 400),
+        (
+            "multipart empty boundary",
+            dict(content=b"--\r\n", headers={**A, "content-type": "multipart/form-data; boundary="}),
+            400,
+        ),
+        (
+            "multipart part header over 8 kB",
+            dict(
+                content=b"--b0undary\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\nx\r\n--b0undary--\r\n",
+                headers=_multipart(b"")[1],
+            ),
+            400,
+        ),
+        (
+            "multipart without its end",
+            dict(
+                content=b'--b0undary\r\nContent-Disposition: form-data; name="prompt"\r\n\r\nhi',
+                headers=_multipart(b"")[1],
+            ),
+            400,
+        ),
+        (
+            "json nested 100000 deep",
+            dict(content=b"[" * 100_000 + b"]" * 100_000, headers={**A, "content-type": "application/json"}),
+            400,
+        ),
         ("json not an object", dict(json=[1, 2], headers=A), 422),
         ("json messages not a list", dict(json={"messages": "hi"}, headers=A), 422),
-        ("json seed 2**64", dict(json={"messages": [{"role": "user", "content": "hi"}], "seed": 2**64}, headers=A),
-         422),
-        ("json temperature a string", dict(json={"messages": [{"role": "user", "content": "hi"}],
-                                                 "temperature": "hot"}, headers=A), 422),
-        ("json five stop strings", dict(json={"messages": [{"role": "user", "content": "hi"}],
-                                              "stop": ["a", "b", "c", "d", "e"]}, headers=A), 400),
-        ("json a 1 MB stop string", dict(json={"messages": [{"role": "user", "content": "hi"}],
-                                               "stop": "x" * (1 << 20)}, headers=A), 400),
-        ("json stop of numbers", dict(json={"messages": [{"role": "user", "content": "hi"}], "stop": [1]},
-                                      headers=A), 422),
-        ("json openai output modalities", dict(json={"messages": [{"role": "user", "content": "hi"}],
-                                                     "modalities": ["audio"]}, headers=A), 422),
-        ("json input_modalities smell", dict(json={"messages": [{"role": "user", "content": "hi"}],
-                                                   "input_modalities": ["smell"]}, headers=A), 400),
+        (
+            "json seed 2**64",
+            dict(json={"messages": [{"role": "user", "content": "hi"}], "seed": 2**64}, headers=A),
+            422,
+        ),
+        (
+            "json temperature a string",
+            dict(json={"messages": [{"role": "user", "content": "hi"}], "temperature": "hot"}, headers=A),
+            422,
+        ),
+        (
+            "json five stop strings",
+            dict(json={"messages": [{"role": "user", "content": "hi"}], "stop": ["a", "b", "c", "d", "e"]}, headers=A),
+            400,
+        ),
+        (
+            "json a 1 MB stop string",
+            dict(json={"messages": [{"role": "user", "content": "hi"}], "stop": "x" * (1 << 20)}, headers=A),
+            400,
+        ),
+        (
+            "json stop of numbers",
+            dict(json={"messages": [{"role": "user", "content": "hi"}], "stop": [1]}, headers=A),
+            422,
+        ),
+        (
+            "json openai output modalities",
+            dict(json={"messages": [{"role": "user", "content": "hi"}], "modalities": ["audio"]}, headers=A),
+            422,
+        ),
+        (
+            "json input_modalities smell",
+            dict(json={"messages": [{"role": "user", "content": "hi"}], "input_modalities": ["smell"]}, headers=A),
+            400,
+        ),
         ("json two videos", dict(json={"messages": [{"role": "user", "content": [part, part]}]}, headers=A), 400),
         ("json empty messages", dict(json={"messages": []}, headers=A), 422),
         ("json unknown role", dict(json={"messages": [{"role": "robot", "content": "hi"}]}, headers=A), 422),
         ("json assistant first", dict(json={"messages": [{"role": "assistant", "content": "hi"}]}, headers=A), 400),
-        ("json start past the end", dict(json={"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "?"}, {**part, "video_url": {**part["video_url"], "start": 99}}]}]}, headers=A),
-         400),
-        ("json unknown uuid", dict(json={"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "?"}, {"type": "video_url", "uuid": "never-named"}]}]}, headers=A), 404),
-        ("json a video_url part without url or uuid", dict(json={"messages": [{"role": "user", "content": [
-            {"type": "video_url"}]}]}, headers=A), 400),
-        ("json max_tokens 0", dict(json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0},
-                                   headers=A), 422),
-        ("json max_tokens huge", dict(json={"messages": [{"role": "user", "content": "hi"}],
-                                            "max_tokens": 10**12}, headers=A), 400),
-        ("json a file url", dict(json={"messages": [{"role": "user", "content": [
-            {"type": "video_url", "video_url": {"url": "file:///etc/passwd"}}]}]}, headers=A), 400),
-        ("json a data url without base64", dict(json={"messages": [{"role": "user", "content": [
-            {"type": "video_url", "video_url": {"url": "data:video/mp4,abc"}}]}]}, headers=A), 400),
+        (
+            "json start past the end",
+            dict(
+                json={
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [
+                                {"type": "text", "text": "?"},
+                                {**part, "video_url": {**part["video_url"], "start": 99}},
+                            ],
+                        }
+                    ]
+                },
+                headers=A,
+            ),
+            400,
+        ),
+        (
+            "json unknown uuid",
+            dict(
+                json={
+                    "messages": [
+                        {
+                            "role": "user",
+                            "content": [{"type": "text", "text": "?"}, {"type": "video_url", "uuid": "never-named"}],
+                        }
+                    ]
+                },
+                headers=A,
+            ),
+            404,
+        ),
+        (
+            "json a video_url part without url or uuid",
+            dict(json={"messages": [{"role": "user", "content": [{"type": "video_url"}]}]}, headers=A),
+            400,
+        ),
+        (
+            "json max_tokens 0",
+            dict(json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 0}, headers=A),
+            422,
+        ),
+        (
+            "json max_tokens huge",
+            dict(json={"messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**12}, headers=A),
+            400,
+        ),
+        (
+            "json a file url",
+            dict(
+                json={
+                    "messages": [
+                        {"role": "user", "content": [{"type": "video_url", "video_url": {"url": "file:///etc/passwd"}}]}
+                    ]
+                },
+                headers=A,
+            ),
+            400,
+        ),
+        (
+            "json a data url without base64",
+            dict(
+                json={
+                    "messages": [
+                        {"role": "user", "content": [{"type": "video_url", "video_url": {"url": "data:video/mp4,abc"}}]}
+                    ]
+                },
+                headers=A,
+            ),
+            400,
+        ),
     ]
     form = {"prompt": "What?"}
     for name, fields, status in [
-        ("form stop not JSON", {"stop": "[oops"}, 422), ("form stop of numbers", {"stop": "[1, 2]"}, 400),
-        ("form modalities not JSON", {"modalities": "[oops"}, 422), ("form modalities smell", {"modalities": "smell"},
-                                                                       400),
+        ("form stop not JSON", {"stop": "[oops"}, 422),
+        ("form stop of numbers", {"stop": "[1, 2]"}, 400),
+        ("form modalities not JSON", {"modalities": "[oops"}, 422),
+        ("form modalities smell", {"modalities": "smell"}, 400),
         ("form modalities an object", {"input_modalities": '{"a": 1}'}, 400),
-        ("form seed 2**64", {"seed": str(2**64)}, 422), ("form seed text", {"seed": "x"}, 422),
-        ("form max_tokens text", {"max_tokens": "many"}, 422), ("form max_tokens empty list", {"max_tokens": "[]"}, 422),
-        ("form temperature nan", {"temperature": "nan"}, 422), ("form temperature 7", {"temperature": "7"}, 422),
-        ("form top_p 0", {"top_p": "0"}, 422), ("form stream maybe", {"stream": "maybe"}, 422),
+        ("form seed 2**64", {"seed": str(2**64)}, 422),
+        ("form seed text", {"seed": "x"}, 422),
+        ("form max_tokens text", {"max_tokens": "many"}, 422),
+        ("form max_tokens empty list", {"max_tokens": "[]"}, 422),
+        ("form temperature nan", {"temperature": "nan"}, 422),
+        ("form temperature 7", {"temperature": "7"}, 422),
+        ("form top_p 0", {"top_p": "0"}, 422),
+        ("form stream maybe", {"stream": "maybe"}, 422),
         ("form stream_options a list", {"stream_options": "[1]"}, 422),
         ("form stream_options not JSON", {"stream_options": "{"}, 422),
         ("form messages an object", {"messages": '{"role": "user"}', "prompt": ""}, 422),
         ("form messages of strings", {"messages": '["hi"]', "prompt": ""}, 422),
         ("form messages nested deep", {"messages": "[" * 5000 + "]" * 5000, "prompt": ""}, 422),
-        ("form placeholders in a system message", {"messages": json.dumps([
-            {"role": "system", "content": "<video>\n<audio> be brief"}, {"role": "user", "content": "?"}]),
-            "prompt": ""}, 200),
-        ("form placeholders in an assistant message", {"messages": json.dumps([
-            {"role": "user", "content": "?"}, {"role": "assistant", "content": "<audio><video>"},
-            {"role": "user", "content": "and?"}]), "prompt": ""}, 200),
-        ("form temperature 1e-300", {"temperature": "1e-300"}, 200), ("form top_p 1e-300", {"top_p": "1e-300"}, 200),
-        ("form start negative", {"start": "-1"}, 422), ("form end before start", {"start": "3", "end": "1"}, 400),
-        ("form unknown field", {"colour": "red"}, 422), ("form empty prompt", {"prompt": ""}, 400),
+        (
+            "form placeholders in a system message",
+            {
+                "messages": json.dumps(
+                    [{"role": "system", "content": "<video>\n<audio> be brief"}, {"role": "user", "content": "?"}]
+                ),
+                "prompt": "",
+            },
+            200,
+        ),
+        (
+            "form placeholders in an assistant message",
+            {
+                "messages": json.dumps(
+                    [
+                        {"role": "user", "content": "?"},
+                        {"role": "assistant", "content": "<audio><video>"},
+                        {"role": "user", "content": "and?"},
+                    ]
+                ),
+                "prompt": "",
+            },
+            200,
+        ),
+        ("form temperature 1e-300", {"temperature": "1e-300"}, 200),
+        ("form top_p 1e-300", {"top_p": "1e-300"}, 200),
+        ("form start negative", {"start": "-1"}, 422),
+        ("form end before start", {"start": "3", "end": "1"}, 400),
+        ("form unknown field", {"colour": "red"}, 422),
+        ("form empty prompt", {"prompt": ""}, 400),
         ("form start with a video_id", {"video_id": "vid-x", "start": "1"}, 400),
     ]:
         cases.append((name, dict(files={"video": ("v.mp4", clip)}, data={**form, **fields}, headers=A), status))
@@ -343,9 +489,12 @@ def test_client_mistakes_are_4xx_with_an_openai_error_and_no_traceback(guarded, 
 def test_a_client_that_leaves_mid_upload_is_a_499_not_an_error(guarded):
     before = metric(guarded.url, "avchat_requests_total", 'status="499"')
     with socket.create_connection(("127.0.0.1", guarded.port)) as s:
-        s.sendall(f"POST /v1/video/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\nContent-Type: "
-                  "multipart/form-data; boundary=zz\r\nContent-Length: 1000000\r\n\r\n--zz\r\nContent-Disposition: "
-                  "form-data; name=\"video\"; filename=\"v.mp4\"\r\n\r\n".encode() + b"x" * 10000)
+        s.sendall(
+            f"POST /v1/video/chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY_A}\r\nContent-Type: "
+            "multipart/form-data; boundary=zz\r\nContent-Length: 1000000\r\n\r\n--zz\r\nContent-Disposition: "
+            'form-data; name="video"; filename="v.mp4"\r\n\r\n'.encode()
+            + b"x" * 10000
+        )
         time.sleep(0.3)
     deadline = time.time() + 5
     while time.time() < deadline and metric(guarded.url, "avchat_requests_total", 'status="499"') == before:
@@ -368,8 +517,9 @@ def test_a_video_belongs_to_the_key_that_uploaded_it(guarded, media_dir):
     assert ask(guarded.url, None, headers=A, video_id=video_id).status_code == 200
     theirs = ask(guarded.url, None, headers=B, video_id=video_id)
     unknown = ask(guarded.url, None, headers=B, video_id="vid-" + "0" * 40)
-    assert is_error(theirs, 404, "video_not_found")["message"].replace(video_id, "X") == \
-        is_error(unknown, 404, "video_not_found")["message"].replace("vid-" + "0" * 40, "X")
+    assert is_error(theirs, 404, "video_not_found")["message"].replace(video_id, "X") == is_error(
+        unknown, 404, "video_not_found"
+    )["message"].replace("vid-" + "0" * 40, "X")
     same_content = ask(guarded.url, path, headers=B)
     assert same_content.json()["video_id"] != video_id
 
@@ -378,9 +528,20 @@ def test_a_video_belongs_to_the_key_that_uploaded_it(guarded, media_dir):
 
 
 def _chat_url(server, url: str, headers=A):
-    return httpx.post(server.url + "/v1/chat/completions", headers=headers, timeout=120, json={
-        "max_tokens": 2, "messages": [{"role": "user", "content": [
-            {"type": "text", "text": "?"}, {"type": "video_url", "video_url": {"url": url}}]}]})
+    return httpx.post(
+        server.url + "/v1/chat/completions",
+        headers=headers,
+        timeout=120,
+        json={
+            "max_tokens": 2,
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "text", "text": "?"}, {"type": "video_url", "video_url": {"url": url}}],
+                }
+            ],
+        },
+    )
 
 
 def test_urls_match_scheme_host_and_port_and_never_reach_inward(guarded, files):
@@ -390,8 +551,10 @@ def test_urls_match_scheme_host_and_port_and_never_reach_inward(guarded, files):
     assert _Files.hits == ["/clip.mp4"]
     is_error(_chat_url(guarded, f"http://127.0.0.1:{files + 1}/clip.mp4"), 400, "host_not_allowed")  # another port
     is_error(_chat_url(guarded, f"https://127.0.0.1:{files}/clip.mp4"), 400, "host_not_allowed")  # another scheme
-    failures = [_chat_url(guarded, f"http://localhost:{files}/clip.mp4"),  # a name that resolves to loopback
-                _chat_url(guarded, f"http://127.0.0.1:{files}/missing.mp4")]  # an HTTP 404
+    failures = [
+        _chat_url(guarded, f"http://localhost:{files}/clip.mp4"),  # a name that resolves to loopback
+        _chat_url(guarded, f"http://127.0.0.1:{files}/missing.mp4"),
+    ]  # an HTTP 404
     messages = {is_error(r, 400, "fetch_failed")["message"] for r in failures}
     assert len(messages) == 1 and "404" not in messages.pop()
     assert _Files.hits == ["/clip.mp4", "/missing.mp4"]  # localhost was never contacted
@@ -415,12 +578,28 @@ def test_playlists_and_manifests_are_415_on_both_routes_and_nothing_is_opened(gu
     listener = ThreadingHTTPServer(("127.0.0.1", 0), Listener)
     threading.Thread(target=listener.serve_forever, daemon=True).start()
     target = tmp_path / "secret.ts"
-    ffmpeg("-f", "lavfi", "-i", "testsrc2=size=64x64:rate=10:duration=2", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-           "-f", "mpegts", str(target))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x64:rate=10:duration=2",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "mpegts",
+        str(target),
+    )
     try:
         for name, data in hostile_files(tmp_path, target, f"http://127.0.0.1:{listener.server_address[1]}").items():
-            r = httpx.post(guarded.url + "/v1/video/chat", files={"video": ("clip.mp4", data)},
-                           data={"prompt": "?"}, headers=A, timeout=60)
+            r = httpx.post(
+                guarded.url + "/v1/video/chat",
+                files={"video": ("clip.mp4", data)},
+                data={"prompt": "?"},
+                headers=A,
+                timeout=60,
+            )
             assert "points at other files" in is_error(r, 415, "not_a_video")["message"], name
             url = "data:video/mp4;base64," + base64.b64encode(data).decode()
             r = _chat_url(guarded, url)
@@ -432,8 +611,21 @@ def test_playlists_and_manifests_are_415_on_both_routes_and_nothing_is_opened(gu
 
 def test_a_decode_bomb_is_refused_quickly_through_the_service(guarded, tmp_path):
     bomb = tmp_path / "bomb.mp4"
-    ffmpeg("-f", "lavfi", "-i", "color=c=black:size=8192x8192:rate=25", "-frames:v", "5", "-c:v", "libx264",
-           "-preset", "ultrafast", "-pix_fmt", "yuv420p", str(bomb))
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:size=8192x8192:rate=25",
+        "-frames:v",
+        "5",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        str(bomb),
+    )
     started = time.perf_counter()
     r = ask(guarded.url, bomb)
     assert "AVCHAT_MAX_PIXELS" in is_error(r, 400, "media_over_limit")["message"]
@@ -445,8 +637,10 @@ def test_files_with_awkward_timing_are_answered_on_both_routes(guarded, odd_clip
         r = ask(guarded.url, path)
         assert r.status_code == 200, (name, r.text)
         details = r.json()["usage"]["prompt_tokens_details"]
-        assert (details["video_tokens"], details["audio_tokens"]) == (829 if has_video else 0,
-                                                                      64 if has_audio else 0), name
+        assert (details["video_tokens"], details["audio_tokens"]) == (
+            829 if has_video else 0,
+            64 if has_audio else 0,
+        ), name
         r = _chat_url(guarded, "data:video/mp4;base64," + base64.b64encode(path.read_bytes()).decode())
         assert r.status_code == 200, (name, r.text)
 
@@ -456,10 +650,18 @@ def test_files_with_awkward_timing_are_answered_on_both_routes(guarded, odd_clip
 
 @pytest.fixture(scope="module")
 def hurried(tiny, tiny_home, tmp_path_factory):
-    srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_ENGINE": "transformers", "AVCHAT_REQUEST_TIMEOUT_S": "1.5",
-                  "AVCHAT_MAX_CONCURRENCY": "1", "AVCHAT_MAX_QUEUE": "0", "AVCHAT_DRAIN_TIMEOUT_S": "1",
-                  "AVCHAT_TEMP_DIR": str(tmp_path_factory.mktemp("hurried-tmp"))},
-                 tmp_path_factory.mktemp("logs") / "hurried.log")
+    srv = Server(
+        {
+            "AVCHAT_HOME": str(tiny_home),
+            "AVCHAT_ENGINE": "transformers",
+            "AVCHAT_REQUEST_TIMEOUT_S": "1.5",
+            "AVCHAT_MAX_CONCURRENCY": "1",
+            "AVCHAT_MAX_QUEUE": "0",
+            "AVCHAT_DRAIN_TIMEOUT_S": "1",
+            "AVCHAT_TEMP_DIR": str(tmp_path_factory.mktemp("hurried-tmp")),
+        },
+        tmp_path_factory.mktemp("logs") / "hurried.log",
+    )
     yield srv.wait_ready()
     srv.stop()
 
@@ -472,16 +674,25 @@ def _running(url: str) -> float:
 
 
 def test_a_request_past_its_timeout_is_504_and_its_generation_stops(hurried, media_dir):
-    r = httpx.post(hurried.url + "/v1/video/chat", files={"video": ("c.mp4", (media_dir / "vllama_boat.mp4").read_bytes())},
-                   data=LONG, timeout=60)
+    r = httpx.post(
+        hurried.url + "/v1/video/chat",
+        files={"video": ("c.mp4", (media_dir / "vllama_boat.mp4").read_bytes())},
+        data=LONG,
+        timeout=60,
+    )
     is_error(r, 504)
     deadline = time.time() + 1.0
     while time.time() < deadline and _running(hurried.url):
         time.sleep(0.05)
     assert _running(hurried.url) == 0
     # A stream past its deadline ends with an in-band 504 error, and stops too.
-    with httpx.stream("POST", hurried.url + "/v1/video/chat", data={**LONG, "stream": "true"},
-                      files={"video": ("c.mp4", (media_dir / "vllama_boat.mp4").read_bytes())}, timeout=60) as resp:
+    with httpx.stream(
+        "POST",
+        hurried.url + "/v1/video/chat",
+        data={**LONG, "stream": "true"},
+        files={"video": ("c.mp4", (media_dir / "vllama_boat.mp4").read_bytes())},
+        timeout=60,
+    ) as resp:
         events = [line for line in resp.iter_lines() if line.startswith("data: ")]
     error = json.loads(events[-2][6:])
     assert events[-1] == "data: [DONE]" and error["error"]["type"] == "timeout_error"
@@ -494,8 +705,11 @@ def test_retry_after_reflects_the_backlog(hurried, media_dir):
     slow = {**LONG, "max_tokens": "300"}
     for _ in range(2):  # the average generation the estimate uses
         httpx.post(hurried.url + "/v1/video/chat", files={"video": ("c.mp4", payload)}, data=slow, timeout=60)
-    busy = threading.Thread(target=httpx.post, args=(hurried.url + "/v1/video/chat",),
-                            kwargs=dict(files={"video": ("c.mp4", payload)}, data=LONG, timeout=60))
+    busy = threading.Thread(
+        target=httpx.post,
+        args=(hurried.url + "/v1/video/chat",),
+        kwargs=dict(files={"video": ("c.mp4", payload)}, data=LONG, timeout=60),
+    )
     busy.start()
     time.sleep(0.5)
     r = httpx.post(hurried.url + "/v1/video/chat", files={"video": ("c.mp4", payload)}, data=slow, timeout=60)
@@ -506,13 +720,25 @@ def test_retry_after_reflects_the_backlog(hurried, media_dir):
 
 def test_stopping_drains_for_a_bounded_time(tiny_home, media_dir, tmp_path):
     """A stop lets requests in flight run for AVCHAT_DRAIN_TIMEOUT_S, then ends them."""
-    srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_ENGINE": "transformers", "AVCHAT_DRAIN_TIMEOUT_S": "1",
-                  "AVCHAT_REQUEST_TIMEOUT_S": "600"}, tmp_path / "drain.log")
+    srv = Server(
+        {
+            "AVCHAT_HOME": str(tiny_home),
+            "AVCHAT_ENGINE": "transformers",
+            "AVCHAT_DRAIN_TIMEOUT_S": "1",
+            "AVCHAT_REQUEST_TIMEOUT_S": "600",
+        },
+        tmp_path / "drain.log",
+    )
     srv.wait_ready()
     payload = (media_dir / "vllama_boat.mp4").read_bytes()
     lines = []
-    with httpx.stream("POST", srv.url + "/v1/video/chat", files={"video": ("c.mp4", payload)},
-                      data={**LONG, "stream": "true"}, timeout=60) as resp:
+    with httpx.stream(
+        "POST",
+        srv.url + "/v1/video/chat",
+        files={"video": ("c.mp4", payload)},
+        data={**LONG, "stream": "true"},
+        timeout=60,
+    ) as resp:
         stream = resp.iter_lines()
         lines.append(next(stream))
         srv.proc.send_signal(signal.SIGTERM)
@@ -529,8 +755,10 @@ def test_stopping_drains_for_a_bounded_time(tiny_home, media_dir, tmp_path):
 
 def test_metrics_can_have_their_own_port(tiny_home, tmp_path):
     port = free_port()
-    srv = Server({"AVCHAT_HOME": str(tiny_home), "AVCHAT_ENGINE": "transformers", "AVCHAT_METRICS_PORT": str(port)},
-                 tmp_path / "metrics.log")
+    srv = Server(
+        {"AVCHAT_HOME": str(tiny_home), "AVCHAT_ENGINE": "transformers", "AVCHAT_METRICS_PORT": str(port)},
+        tmp_path / "metrics.log",
+    )
     try:
         srv.wait_ready()
         assert httpx.get(srv.url + "/metrics").status_code == 404

@@ -10,8 +10,9 @@ import torch
 
 from model.pipeline import MediaEmbeddings, MediaReport
 from service.errors import AtCapacity, BadParameter, InvalidFields, describe
+from service.forms import parse_form
 from service.media_worker import CachedMedia, FeatureCache
-from service.protocol import parse_completion_request, parse_form
+from service.protocol import parse_completion_request
 from service.serving import Admission, Places
 
 
@@ -75,9 +76,21 @@ def test_admission_runs_at_most_concurrency_generations():
 
 
 def test_the_form_becomes_a_request():
-    chat = parse_form({"prompt": "What?", "stream": "true", "stream_options": '{"include_usage": true}',
-                       "stop": '["a", "b"]', "input_modalities": "video", "start": "1.5", "end": "4",
-                       "temperature": "0.5", "seed": "7", "uuid": "clip-1"}, "video")
+    chat = parse_form(
+        {
+            "prompt": "What?",
+            "stream": "true",
+            "stream_options": '{"include_usage": true}',
+            "stop": '["a", "b"]',
+            "input_modalities": "video",
+            "start": "1.5",
+            "end": "4",
+            "temperature": "0.5",
+            "seed": "7",
+            "uuid": "clip-1",
+        },
+        "video",
+    )
     assert chat.messages == [{"role": "user", "content": "What?"}] and chat.stream and chat.include_usage
     assert chat.stop == ["a", "b"] and chat.input_modalities == ["video"] and chat.seed == 7
     assert (chat.window.start, chat.window.end) == (1.5, 4.0) and chat.media.alias == "clip-1"
@@ -86,15 +99,21 @@ def test_the_form_becomes_a_request():
     assert parse_form({"prompt": "?", "modalities": "audio"}, None).input_modalities == ["audio"]  # the older name
     follow = parse_form({"prompt": "?", "video_id": "vid-9"}, None)
     assert follow.media.kind == "video_id" and follow.media.value == "vid-9"
-    for fields, error in (({"prompt": "?", "stop": "[1]"}, BadParameter), ({"prompt": "?", "seed": "x"}, InvalidFields),
-                          ({"messages": "[]", "prompt": "?"}, BadParameter)):
+    for fields, error in (
+        ({"prompt": "?", "stop": "[1]"}, BadParameter),
+        ({"prompt": "?", "seed": "x"}, InvalidFields),
+        ({"messages": "[]", "prompt": "?"}, BadParameter),
+    ):
         with pytest.raises(error):
             parse_form(fields, "video")
 
 
 def test_openai_requests_take_output_modalities_and_input_modalities():
-    base = {"messages": [{"role": "user", "content": [{"type": "text", "text": "?"},
-                                                      {"type": "video_url", "uuid": "clip-1"}]}]}
+    base = {
+        "messages": [
+            {"role": "user", "content": [{"type": "text", "text": "?"}, {"type": "video_url", "uuid": "clip-1"}]}
+        ]
+    }
     chat = parse_completion_request({**base, "modalities": ["text"], "input_modalities": ["video"]})
     assert chat.input_modalities == ["video"] and chat.media.kind == "uuid" and chat.media.value == "clip-1"
     with pytest.raises(InvalidFields):

@@ -14,8 +14,8 @@ import pytest
 
 from model.pipeline import decode
 from model.presets import tiny_config
-from training.synthetic import ClipSpec, make_clip
 from tests.servers import ROOT, Server
+from training.synthetic import ClipSpec, make_clip
 
 
 @pytest.mark.parametrize("sound, band", [("a low tone", (190, 310)), ("a high tone", (1790, 2610))])
@@ -37,8 +37,14 @@ def test_silence_and_noise_differ_in_energy(tmp_path):
 
 def test_a_shortened_experiment_learns_from_audio(tmp_path, tiny_home):
     env = {**os.environ, "AVCHAT_HOME": str(tiny_home), "TOKENIZERS_PARALLELISM": "false"}
-    out = subprocess.run([sys.executable, "-m", "training.synthetic", "experiment", "--quick", "--out",
-                          str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    out = subprocess.run(
+        [sys.executable, "-m", "training.synthetic", "experiment", "--quick", "--out", str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())["results"]
     av, baseline = results["audio-visual (ours)"]["accuracy"], results["vision-only baseline"]["accuracy"]
@@ -58,8 +64,12 @@ def test_the_demo_model_is_served_by_default_and_answers_from_sound_and_picture(
 
         def ask(path, question):
             with open(path, "rb") as f:
-                r = httpx.post(srv.url + "/v1/video/chat", files={"video": (path.name, f)},
-                               data={"prompt": question, "max_tokens": "8", "temperature": "0"}, timeout=120)
+                r = httpx.post(
+                    srv.url + "/v1/video/chat",
+                    files={"video": (path.name, f)},
+                    data={"prompt": question, "max_tokens": "8", "temperature": "0"},
+                    timeout=120,
+                )
             assert r.status_code == 200, r.text
             return r.json()["choices"][0]["message"]["content"].strip()
 
