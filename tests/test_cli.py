@@ -47,3 +47,69 @@ def test_ask_uses_the_demo_model_by_default(tiny_home):
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "red, a high tone"
+
+
+def test_hostile_files_get_a_one_line_refusal_and_no_traceback(tmp_path, tiny_home):
+    from tests.conftest import ffmpeg
+    from tests.test_media import hostile_files
+
+    target = tmp_path / "secret.ts"
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=64x64:rate=10:duration=2",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "mpegts",
+        str(target),
+    )
+    files = {name: tmp_path / f"{name}.mp4" for name in hostile_files(tmp_path, target, "http://127.0.0.1:9")}
+    for name, data in hostile_files(tmp_path, target, "http://127.0.0.1:9").items():
+        files[name].write_bytes(data)
+    files["bomb"] = tmp_path / "bomb.mp4"
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "color=c=black:size=8192x8192:rate=25",
+        "-frames:v",
+        "3",
+        "-c:v",
+        "libx264",
+        "-preset",
+        "ultrafast",
+        "-pix_fmt",
+        "yuv420p",
+        str(files["bomb"]),
+    )
+    for name, path in files.items():
+        out = _ask(str(path), "What is this?", "--preset", "tiny", home=tiny_home)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and lines[0].startswith("error: "), (name, out.stderr)
+        assert "Traceback" not in out.stderr and out.stdout == ""
+        expected = "AVCHAT_MAX_PIXELS" if name == "bomb" else "points at other files"
+        assert expected in lines[0], (name, lines[0])
+
+
+def test_a_time_window_from_the_command_line(media_dir, tiny_home):
+    out = _ask(
+        str(media_dir / "vllama_boat.mp4"),
+        "?",
+        "--preset",
+        "tiny",
+        "--max-tokens",
+        "2",
+        "--start",
+        "1",
+        "--end",
+        "3",
+        home=tiny_home,
+    )
+    assert out.returncode == 0, out.stderr
+    assert "[media] 2.0 s analysed" in out.stderr
+    late = _ask(str(media_dir / "vllama_boat.mp4"), "?", "--preset", "tiny", "--start", "60", home=tiny_home)
+    assert late.returncode == 2 and "past the end" in late.stderr and "Traceback" not in late.stderr
