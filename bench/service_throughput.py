@@ -58,19 +58,19 @@ def workload(n: int, tmp: Path) -> list[Path]:
 def baseline(paths: list[Path], max_tokens: int) -> tuple[float, list[float]]:
     import torch
 
-    from model import AVChatModel, load_media
+    from model import AVChatModel, pipeline
 
     model = AVChatModel.from_pretrained("tiny")
-    cfg = model.config
     ttfts = []
     cpu0 = _cpu_seconds()
     start = time.perf_counter()
     for path in paths:
         t0 = time.perf_counter()
-        media = load_media(str(path), cfg.num_frames, cfg.image_size, cfg.audio_seconds)
-        sample = model.processor([{"role": "user", "content": "What happens?"}], media)
+        _, embeddings = pipeline.embed_media(model, [str(path)])[0]
+        prompt = pipeline.prompt(model.processor, [{"role": "user", "content": "What happens?"}], embeddings)
         with torch.inference_mode():
-            tokens = model.generate(sample, max_new_tokens=max_tokens, temperature=1.0, seed=0)
+            embeds = pipeline.prompt_embeds(model, prompt, embeddings)
+            tokens = model.generate(embeds, max_new_tokens=max_tokens, temperature=1.0, seed=0)
             next(tokens)
             ttfts.append(time.perf_counter() - t0)
             for _ in tokens:

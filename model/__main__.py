@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import sys
 import time
 
@@ -22,7 +23,8 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument(
         "--preset",
         default=None,
-        help="a built-in preset: demo (default; trained on synthetic clips), tiny (random weights) or phi2",
+        help="a built-in preset: demo (default; trained on synthetic clips), tiny (random weights), phi2-shape "
+        "(the paper's sizes, random weights, built offline) or phi2 (the real components from the hub)",
     )
     ask.add_argument(
         "--modalities",
@@ -36,6 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--top-p", type=float, default=1.0)
     ask.add_argument("--seed", type=int, default=None)
     ask.add_argument("--device", default="cpu", help="torch device, e.g. cuda (default cpu)")
+    ask.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="weights' dtype (bfloat16 halves memory and, on a CPU with AVX512-BF16, time)",
+    )
+    dl = sub.add_parser("download", help="fetch the paper's components and write a ready phi2 checkpoint folder")
+    dl.add_argument("--to", default="checkpoints/phi2", help="the folder to write (default checkpoints/phi2)")
+    ib = sub.add_parser("import-bunny", help="convert a Bunny-format merged checkpoint folder into ours")
+    ib.add_argument("source", help="the Bunny-format folder (config.json, weights, tokenizer)")
+    ib.add_argument("target", help="the checkpoint folder to write")
     return p
 
 
@@ -68,7 +81,7 @@ def _ask(args: argparse.Namespace) -> int:
         return _fail("--max-tokens must be at least 1")
     source = args.checkpoint or args.preset or "demo"
     try:
-        model = AVChatModel.from_pretrained(source, device=args.device)
+        model = AVChatModel.from_pretrained(source, device=args.device, dtype=getattr(torch, args.dtype))
     except (OSError, ValueError) as exc:
         return _fail(f"cannot load the model from {source!r}: {exc}")
     window = Window(args.start or 0.0, args.end) if args.start is not None or args.end is not None else None
@@ -117,7 +130,8 @@ def _ask(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     print(
-        f"[time] first token {((first or end) - start) * 1000:.0f} ms, total {(end - start) * 1000:.0f} ms",
+        f"[time] first token {((first or end) - start) * 1000:.0f} ms, total {(end - start) * 1000:.0f} ms; "
+        f"peak memory {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GiB",
         file=sys.stderr,
     )
     return 0
@@ -127,7 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "ask":
         return _ask(args)
-    return 2
+    if args.command == "download":
+        from .hub import download
+
+        try:
+            print(f"wrote {download(args.to)}; serve it with AVCHAT_MODEL={args.to}")
+        except OSError as exc:  # huggingface_hub's errors are OSErrors: no network, gated, missing
+            return _fail(
+                f"could not download the weights ({str(exc).splitlines()[0]}); rerun it to resume, "
+                "where the Hugging Face hub is reachable"
+            )
+        return 0
+    from .bunny import main as import_bunny
+
+    return import_bunny([args.source, args.target])
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ BUNNY_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 MODALITIES = ("audio", "video")
+PROJECTORS_FILE = "projectors.safetensors"  # in a checkpoint folder: audio_projector.*, vision_projector.*
 
 
 class AVChatConfig(PreTrainedConfig):

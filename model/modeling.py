@@ -22,15 +22,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel, WhisperModel
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel, WhisperModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import bunny, presets
-from .config import AVChatConfig
+from .config import PROJECTORS_FILE, AVChatConfig
 from .generation import sample_token
 from .processor import AVChatProcessor, add_media_tokens
-
-PROJECTORS_FILE = "projectors.safetensors"
 
 
 def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -68,6 +66,7 @@ class AVChatModel(nn.Module):
             config.audio_token_id = self.processor.audio_token_id
             config.video_token_id = self.processor.video_token_id
         self.source: str | None = None  # the folder this model was loaded from
+        self.generation_config = None  # the LLM's sampling defaults (generation_config.json)
         self.built_from_config = False  # random weights: nothing to refer to, everything is saved
         self.freeze_encoders()
 
@@ -85,10 +84,16 @@ class AVChatModel(nn.Module):
 
     @classmethod
     def from_pretrained(
-        cls, name_or_path: str | os.PathLike, dtype: torch.dtype | None = None, device: str | torch.device | None = None
+        cls,
+        name_or_path: str | os.PathLike,
+        dtype: torch.dtype | None = None,
+        device: str | torch.device | None = None,
+        embeddings_only: bool = False,
     ) -> AVChatModel:
-        """Loads a checkpoint folder, a preset (``demo``, ``tiny``, ``phi2``) or, on a machine that
-        reaches the hub, the components named by hub ids."""
+        """Loads a checkpoint folder, a preset (``demo``, ``tiny``, ``phi2-shape``, ``phi2``) or, on
+        a machine that reaches the hub, the components named by hub ids. ``embeddings_only`` loads
+        of the LLM only its input embedding table: all the service needs when vLLM runs the LLM
+        (the rest would be a second copy of 5 GB)."""
         ref = presets.resolve(name_or_path, build=write_random_checkpoint)
         if isinstance(ref, AVChatConfig):
             root, config = None, ref
@@ -97,16 +102,28 @@ class AVChatModel(nn.Module):
         kw = {"dtype": dtype} if dtype is not None else {}
         vision = SiglipVisionModel.from_pretrained(_component(root, config.vision_tower), **kw)
         audio = WhisperModel.from_pretrained(_component(root, config.audio_tower), **kw)
-        llm = AutoModelForCausalLM.from_pretrained(_component(root, config.llm), **kw)
+        llm_ref = _component(root, config.llm)
+        llm = (
+            EmbeddingsOnly.load(llm_ref, config.text_config, dtype)
+            if embeddings_only
+            else AutoModelForCausalLM.from_pretrained(llm_ref, **kw)
+        )
         tokenizer = AutoTokenizer.from_pretrained(
             _component(root, config.tokenizer_name) if config.tokenizer_name else root
         )
         add_media_tokens(tokenizer)
         # Sub-configs follow the weights actually loaded.
-        config.vision_config, config.audio_config, config.text_config = vision.config, audio.config, llm.config
+        config.vision_config, config.audio_config = vision.config, audio.config
+        config.text_config = llm.config if not embeddings_only else config.text_config
         model = cls(config, vision, audio, llm, tokenizer)
         model.source = root
+        model.generation_config = _generation_config(llm_ref)
         if root is not None and os.path.isdir(os.path.join(root, "adapter")):
+            if embeddings_only:
+                raise ValueError(
+                    f"{root} keeps LoRA in adapter/: export it with the adapter merged "
+                    "(python -m training.export) for an engine that runs the LLM itself"
+                )
             from peft import PeftModel
 
             model.llm = PeftModel.from_pretrained(model.llm, os.path.join(root, "adapter"))
@@ -324,16 +341,6 @@ class AVChatModel(nn.Module):
                 use_cache=True,
             )
 
-    def offload_llm_except_embeddings(self) -> None:
-        """Moves the LLM to the CPU but keeps its embedding table on the model's device: what is
-        left when another engine (vLLM) runs the LLM."""
-        device = self.device
-        if device.type == "cpu":
-            return
-        embeddings = self.llm.get_input_embeddings()
-        self.llm.to("cpu")
-        embeddings.to(device)
-
     # -- LoRA -----------------------------------------------------------------------------------
 
     def add_lora(self, r: int = 128, alpha: int = 256, dropout: float = 0.05) -> None:
@@ -401,9 +408,53 @@ class AVChatModel(nn.Module):
         config.save_pretrained(out)
 
 
-def write_random_checkpoint(config: AVChatConfig, tokenizer, path: Path, seed: int) -> None:
+def write_random_checkpoint(config: AVChatConfig, tokenizer, path: Path, seed: int, dtype: str = "float32") -> None:
     """A checkpoint folder with seeded random weights of ``config``'s geometry (the presets
-    built offline)."""
+    built offline), created directly in ``dtype``."""
     add_media_tokens(tokenizer)
     torch.manual_seed(seed)
-    AVChatModel.from_config(config, tokenizer).save_pretrained(path)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, dtype))
+    try:
+        model = AVChatModel.from_config(config, tokenizer)
+    finally:
+        torch.set_default_dtype(previous)
+    model.save_pretrained(path)
+
+
+class EmbeddingsOnly(nn.Module):
+    """Stands in for the LLM where another engine runs it: only the input embedding table."""
+
+    def __init__(self, embeddings: nn.Embedding, config):
+        super().__init__()
+        self.embed_tokens = embeddings
+        self.config = config
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    @classmethod
+    def load(cls, ref: str, config, dtype: torch.dtype | None) -> EmbeddingsOnly:
+        """Reads just ``model.embed_tokens.weight`` from the LLM's safetensors (a folder or a hub id)."""
+        import json
+
+        from safetensors import safe_open
+        from transformers.utils import cached_file
+
+        key = "model.embed_tokens.weight"
+        index = cached_file(ref, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+        name = json.loads(Path(index).read_text())["weight_map"][key] if index else "model.safetensors"
+        with safe_open(cached_file(ref, name), "pt") as f:
+            weight = f.get_tensor(key)
+        embeddings = nn.Embedding.from_pretrained(weight.to(dtype or weight.dtype), freeze=True)
+        return cls(embeddings, AutoConfig.from_pretrained(ref) if os.path.isdir(ref) else config)
+
+
+def _generation_config(ref: str):
+    """The LLM's generation_config.json (sampling defaults), or transformers' defaults."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(ref)
+    except OSError:
+        return GenerationConfig()

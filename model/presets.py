@@ -21,6 +21,7 @@ from transformers import PhiConfig, SiglipVisionConfig, WhisperConfig
 from .config import AVChatConfig
 
 TINY_VERSION = "4"  # bump when the tiny recipe changes, so cached folders are rebuilt
+PHI2_SHAPE_VERSION = "1"
 TINY_SEED = 0
 EOS = "<|endoftext|>"
 
@@ -79,6 +80,15 @@ def phi2_config() -> AVChatConfig:
         tokenizer_name="microsoft/phi-2",
         vision_projector_init="BAAI/bunny-pretrain-phi-2-siglip",
     )
+
+
+def phi2_shape_config() -> AVChatConfig:
+    """The paper's geometry and sizes exactly, with the components stored in the checkpoint folder
+    (random weights, built offline)."""
+    config = phi2_config()
+    config.vision_tower, config.audio_tower, config.llm, config.tokenizer_name = "vision", "audio", "llm", None
+    config.vision_projector_init = None
+    return config
 
 
 def tiny_config(vocab_size: int = 1024) -> AVChatConfig:
@@ -170,20 +180,84 @@ def build_tiny_tokenizer(vocab_size: int = 1024):
     return fast
 
 
-# (config, tokenizer, folder, seed) -> None: writes a random-weight checkpoint folder (modeling's).
-Builder = Callable[[AVChatConfig, object, Path, int], None]
+def build_gpt2_tokenizer():
+    """Phi-2's tokenizer, rebuilt offline: GPT-2's byte-level BPE from the vendored ranks
+    (``assets/gpt2.tiktoken``), with ``<|endoftext|>`` as id 50256."""
+    import base64
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    ranks: dict[bytes, int] = {}
+    for line in (Path(__file__).resolve().parent / "assets" / "gpt2.tiktoken").read_text().splitlines():
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    byte_char = _bytes_to_unicode()
+    as_text = lambda b: "".join(byte_char[x] for x in b)  # noqa: E731
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) > 1:
+            left, right = _split(ranks, token, rank)
+            merges.append((as_text(left), as_text(right)))
+    vocab = {as_text(token): rank for token, rank in ranks.items()}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=merges))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, unk_token=EOS, pad_token=EOS, model_max_length=2048
+    )
 
 
-def tiny_checkpoint(build: Builder, home: Path | None = None) -> Path:
-    """The tiny checkpoint folder, built on first use (atomically, so parallel users are safe)."""
-    target = (home or cache_home()) / f"tiny-v{TINY_VERSION}"
+def _split(ranks: dict[bytes, int], token: bytes, rank: int) -> tuple[bytes, bytes]:
+    """The last merge that made ``token``: BPE on its bytes with the merges ranked before it."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 2:
+        pairs = [(ranks.get(a + b, rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        best, i = min(pairs)
+        if best >= rank:
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts[0], parts[1]
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible map of bytes to printable characters."""
+    printable = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("\xa1"), ord("\xac") + 1))
+        + list(range(ord("\xae"), ord("\xff") + 1))
+    )
+    chars, n = list(printable), 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            chars.append(256 + n)
+            n += 1
+    return dict(zip(printable, map(chr, chars)))
+
+
+# (config, tokenizer, folder, seed, dtype) -> None: writes a random-weight checkpoint folder (modeling's).
+Builder = Callable[[AVChatConfig, object, Path, int, str], None]
+# Random-weight presets built on first use: name -> (version, config, tokenizer, dtype of the weights).
+# phi2-shape is stored in bfloat16: 6.7 GB on disk and in memory while it is built, not 13.4.
+BUILT = {
+    "tiny": (TINY_VERSION, tiny_config, build_tiny_tokenizer, "float32"),
+    "phi2-shape": (PHI2_SHAPE_VERSION, phi2_shape_config, build_gpt2_tokenizer, "bfloat16"),
+}
+
+
+def built_checkpoint(name: str, build: Builder, home: Path | None = None) -> Path:
+    """A random-weight preset's folder, built on first use (atomically, so parallel users are safe)."""
+    version, make_config, make_tokenizer, dtype = BUILT[name]
+    target = (home or cache_home()) / f"{name}-v{version}"
     if (target / "PRESET").exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tiny-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
-        build(tiny_config(), build_tiny_tokenizer(), tmp, TINY_SEED)
-        (tmp / "PRESET").write_text(f"tiny {TINY_VERSION}\n")
+        build(make_config(), make_tokenizer(), tmp, TINY_SEED, dtype)
+        (tmp / "PRESET").write_text(f"{name} {version}\n")
         try:
             tmp.rename(target)
         except OSError:  # another process finished first
@@ -194,7 +268,7 @@ def tiny_checkpoint(build: Builder, home: Path | None = None) -> Path:
     return target
 
 
-PRESETS = {"tiny": tiny_config, "phi2": phi2_config}
+PRESETS = {"tiny": tiny_config, "phi2-shape": phi2_shape_config, "phi2": phi2_config}
 
 # The built-in demo model: tiny's architecture after the synthetic experiment's audio-visual
 # training (python -m training.synthetic experiment; see model/demo/README.md). It answers
@@ -208,10 +282,14 @@ def resolve(name_or_path: str | os.PathLike, build: Builder) -> str | AVChatConf
     text = str(name_or_path)
     if os.path.isdir(text):
         return text
-    if text == "tiny":
-        return str(tiny_checkpoint(build))
+    if text in BUILT:
+        return str(built_checkpoint(text, build))
     if text == "demo":
         return str(DEMO_CHECKPOINT)
+    if text == "phi2":
+        from .hub import PHI2_REPOS, ensure_available
+
+        ensure_available([r for k, r in PHI2_REPOS.items() if k != "projector"])
     if text in PRESETS:
         return PRESETS[text]()
     raise FileNotFoundError(f"{text!r} is neither a checkpoint folder nor a preset ({', '.join(['demo', *PRESETS])})")

@@ -35,7 +35,7 @@ class ProbeParser:
         if cut < 0:
             self.partial = text
             return
-        self.partial = text[cut + 1:]
+        self.partial = text[cut + 1 :]
         for line in text[:cut].decode("ascii", "replace").split("\n"):
             if line.startswith("#"):
                 self._header(line)

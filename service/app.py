@@ -107,28 +107,35 @@ async def _route_error(request: Request, exc) -> JSONResponse:
 
 
 async def _startup(state: State) -> None:
-    from .engines import create_engine
+    from .engines import choose, create_engine
     from .media_worker import MediaWorker
     from .serving import ChatService
 
     settings = state.settings
     try:
-        model = await asyncio.to_thread(_load_model, settings)
-        state.model = model
+        kind = choose(settings.engine, settings.device)
+        # With vLLM running the LLM, the service keeps only its embedding table (not a second copy).
+        model = await asyncio.to_thread(_load_model, settings, kind == "vllm")
+        try:
+            engine = await asyncio.to_thread(create_engine, kind, model, settings)
+        except Exception as exc:
+            if settings.engine != "auto":
+                raise
+            log.warning("vLLM did not start (%s); using the transformers engine", exc)
+            model = await asyncio.to_thread(_load_model, settings, False)
+            engine = create_engine("transformers", model, settings)
+        state.model, state.engine = model, engine
         state.worker = MediaWorker(model, settings)
-        state.engine = await asyncio.to_thread(create_engine, settings.engine, model, settings)
-        if hasattr(state.engine, "start"):
-            await state.engine.start()
-        state.chat = ChatService(model, state.worker, state.engine, settings, generation_defaults(model))
-        METRICS.engine.labels(state.engine.name, settings.model_id).set(1)
+        state.chat = ChatService(model, state.worker, engine, settings, generation_defaults(model))
+        METRICS.engine.labels(engine.name, settings.model_id).set(1)
         state.ready = True
-        log.info("ready", extra={"fields": {"model": settings.model, "engine": state.engine.name}})
+        log.info("ready", extra={"fields": {"model": settings.model, "engine": engine.name}})
     except Exception as exc:
         state.error = f"{type(exc).__name__}: {exc}"
         log.error("model load failed: %s", state.error)
 
 
-def _load_model(settings: Settings):
+def _load_model(settings: Settings, embeddings_only: bool):
     """The model, loaded in a worker thread so /health answers meanwhile."""
     import torch
     from transformers.utils import logging as hf_logging
@@ -136,13 +143,15 @@ def _load_model(settings: Settings):
     from model import AVChatModel
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in a service log
-    return AVChatModel.from_pretrained(settings.model, dtype=getattr(torch, settings.dtype), device=settings.device)
+    return AVChatModel.from_pretrained(
+        settings.model, dtype=getattr(torch, settings.dtype), device=settings.device, embeddings_only=embeddings_only
+    )
 
 
 def generation_defaults(model) -> dict:
     """Sampling defaults from the checkpoint's generation_config.json, as vLLM takes them: greedy
     unless it samples (``do_sample``), then its temperature and top_p; its max_new_tokens."""
-    config = getattr(model.llm, "generation_config", None)
+    config = model.generation_config
     if config is None:
         return {}
     defaults = (

@@ -78,8 +78,6 @@ class VLLMEngine(Engine):
             max_model_len=config.context_length,
             gpu_memory_utilization=settings.vllm_gpu_memory,
         )
-        # vLLM holds the LLM now; the service only needs its embedding table on the device.
-        model.offload_llm_except_embeddings()
         return engine
 
     async def generate(self, request_id, prompt_embeds, params: SamplingParams):

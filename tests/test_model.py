@@ -263,3 +263,17 @@ def test_gradient_checkpointing_takes_the_trainers_arguments_saves_memory_and_ke
     assert not model.is_gradient_checkpointing
     with pytest.raises(TypeError, match="unexpected arguments"):
         model.gradient_checkpointing_enable(no_such_option=3)
+
+
+def test_embeddings_only_holds_just_the_table_and_embeds_the_same(tiny, media_dir):
+    """What the service keeps when vLLM runs the LLM: no second copy of it."""
+    light = AVChatModel.from_pretrained(tiny.source, embeddings_only=True)
+    params = sum(p.numel() for p in light.llm.parameters())
+    assert params == tiny.llm.get_input_embeddings().weight.numel()
+    assert params < 0.5 * sum(p.numel() for p in tiny.llm.parameters())
+    media = decode(str(media_dir / "vllama_dog_barking.mp4"), tiny.config)
+    full = project(tiny, encode(tiny, [preprocess(tiny.processor, media)]))[0]
+    mine = project(light, encode(light, [preprocess(light.processor, media)]))[0]
+    p = prompt(tiny.processor, [{"role": "user", "content": "What do you hear?"}], full)
+    assert torch.equal(prompt_embeds(tiny, p, full), prompt_embeds(light, p, mine))
+    assert light.generation_config is not None
