@@ -44,10 +44,12 @@ system-deps:
 lint: install-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
 
 # About 15 minutes on a quiet 2-core machine (much longer on a busy one); the slowest tests are listed at the end.
+# PYTEST_ARGS passes options on, e.g. PYTEST_ARGS="-m 'not network'" on a machine without PyPI.
 test: install-dev system-deps
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
 # The media and service tests again, with the imageio-ffmpeg wheel's ffmpeg (9.x) instead of the system's.
 test-wheel-ffmpeg: install-dev

@@ -88,11 +88,163 @@ def test_dockerfile_command_and_health_check_name_things_that_exist():
     text = (ROOT / "Dockerfile").read_text()
     cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
     assert cmd[:3] == ["python", "-m", "service"] and importlib.util.find_spec("service.__main__") is not None
-    health = re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (.*)", text).group(1)
-    url = re.search(r"https?://\S+", health).group(0)
+    health = json.loads(re.search(r"HEALTHCHECK[^\n]*\\\n\s*CMD (\[.*\])", text).group(1))
+    url = next(part for part in health if part.startswith("http"))
     assert _path_of(url) == "/ready" and "/ready" in _routes()
-    assert re.search(r"^USER (?!root)\w+", text, re.M), "runs as a non-root user"
-    assert re.search(r"vllm==0\.(1[1-9]|[2-9]\d)", text), "pins a vLLM release with V1 prompt embeddings"
+    user = re.findall(r"^USER (\S+)", text, re.M)[-1]
+    assert user.split(":")[0] not in ("root", "0"), "runs as a non-root user"
     assert "ffmpeg" in text
-    for copied in re.findall(r"^COPY (\w+) ", text, re.M):
+    for copied in re.findall(r"^COPY (\S+) ", text, re.M):
         assert (ROOT / copied).exists(), copied
+    pins = _image_pins()
+    assert re.fullmatch(r"0\.(1[1-9]|[2-9]\d)\.\d+", pins["vllm"]), "a vLLM release with V1 prompt embeddings"
+    # The project's own bounds admit every pin the image installs beside it.
+    from packaging.requirements import Requirement
+
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    for spec in project["dependencies"] + project["optional-dependencies"]["train"]:
+        req = Requirement(spec)
+        name = req.name.lower().replace("_", "-")
+        if name in pins:
+            assert req.specifier.contains(pins[name]), f"{spec} excludes the image's pin {pins[name]}"
+
+
+def _image_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "docker" / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, _, version = line.partition("==")
+            assert version, f"{line!r} is not pinned with =="
+            pins[name.lower().replace("_", "-")] = version
+    return pins
+
+
+# --- docker-compose.yml against the Compose Specification's own JSON schema (tests/schemas) ---
+
+_GO_DURATION = re.compile(r"(\d+(\.\d+)?(ns|us|µs|ms|s|m|h))+")
+
+
+def _interpolate(value, env: dict[str, str]):
+    """What `docker compose config` does to ${VAR}, ${VAR:-default} and $$ before validating."""
+    if isinstance(value, dict):
+        return {k: _interpolate(v, env) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_interpolate(v, env) for v in value]
+    if not isinstance(value, str):
+        return value
+
+    def one(m: re.Match) -> str:
+        if m.group(0) == "$$":
+            return "$"
+        name, op, default = m.group(1), m.group(2), m.group(3) or ""
+        if op is None:
+            return env.get(name, "")
+        return env.get(name) or default if op == ":-" else env.get(name, default)
+
+    rest = re.sub(r"\$\$|\$\{(\w+)(:-|-)?([^}]*)\}", one, value)
+    assert "${" not in rest, f"unbalanced interpolation in {value!r}"
+    return rest
+
+
+def _compose_problems(compose: dict) -> list[str]:
+    jsonschema = pytest.importorskip("jsonschema")
+    schema = json.loads((ROOT / "tests" / "schemas" / "compose-spec.json").read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    declared = set(compose.get("volumes") or {})
+    for name, svc in compose.get("services", {}).items():
+        for mount in svc.get("volumes", []):
+            source = mount.split(":")[0]
+            if not source.startswith((".", "/", "$")) and source not in declared:
+                problems.append(f"{name}: volume {source!r} is not declared under volumes:")
+        check = svc.get("healthcheck")
+        if check:
+            if not (isinstance(check["test"], list) and check["test"][0] in ("CMD", "CMD-SHELL")):
+                problems.append(f"{name}: healthcheck test must be a CMD list")
+            for key in ("interval", "timeout", "start_period", "start_interval"):
+                if key in check and not _GO_DURATION.fullmatch(str(check[key])):
+                    problems.append(f"{name}: healthcheck {key}={check[key]!r} is not a duration")
+        for dev in svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", []):
+            count = dev.get("count")
+            if not (
+                "gpu" in dev.get("capabilities", []) and (count == "all" or (isinstance(count, int) and count > 0))
+            ):
+                problems.append(f"{name}: GPU reservation needs capabilities [gpu] and a count (n > 0 or 'all')")
+    return problems
+
+
+def _compose(env: dict[str, str] | None = None) -> dict:
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    return _interpolate(raw, env or {})
+
+
+def test_compose_file_is_valid_against_the_compose_specification():
+    assert _compose_problems(_compose()) == []
+    custom = _compose({"AVCHAT_PORT": "9000", "AVCHAT_DATA": "/srv/data", "AVCHAT_MODEL": "/data/checkpoints/x"})
+    assert _compose_problems(custom) == []
+    assert custom["services"]["avchat"]["ports"] == ["9000:8000"]
+    assert "/srv/data:/data/datasets:ro" in custom["services"]["train"]["volumes"]
+    serve, train = custom["services"]["avchat"], custom["services"]["train"]
+    assert "profiles" not in serve, "`docker compose up` starts the service"
+    assert train["profiles"] == ["train"], "training starts only with --profile train"
+    # The image's own health check and the file's agree on how long a cold start may take.
+    docker_start = re.search(r"--start-period=(\S+)", (ROOT / "Dockerfile").read_text()).group(1)
+    assert serve["healthcheck"]["start_period"] == docker_start
+
+
+@pytest.mark.parametrize(
+    "break_it, complaint",
+    [
+        (
+            lambda c: c["services"]["avchat"]["deploy"]["resources"]["reservations"]["devices"][0].update(
+                capabilities="gpu"
+            ),
+            "array",
+        ),
+        (lambda c: c["services"]["avchat"]["deploy"]["resources"]["reservations"]["devices"][0].update(count=0), "GPU"),
+        (lambda c: c["services"]["avchat"]["healthcheck"].update(start_period="15 minutes"), "duration"),
+        (lambda c: c["services"]["avchat"]["healthcheck"].update(test="curl -f http://x/ready"), "CMD list"),
+        (lambda c: c["services"]["train"].update(profiles="train"), "array"),
+        (lambda c: c["services"]["train"]["volumes"].append("datasets:/d"), "not declared"),
+        (lambda c: c["services"]["avchat"].update(volume=["hf-cache:/data/hf"]), "unexpected"),
+    ],
+    ids=[
+        "capabilities-not-a-list",
+        "zero-gpus",
+        "bad-duration",
+        "shell-string-test",
+        "profile-not-a-list",
+        "undeclared-volume",
+        "misspelt-key",
+    ],
+)
+def test_the_compose_check_catches_what_docker_compose_would_refuse(break_it, complaint):
+    compose = _compose()
+    break_it(compose)
+    problems = _compose_problems(compose)
+    assert problems and any(complaint in p for p in problems), problems
+
+
+@pytest.mark.network
+def test_every_package_pin_in_the_image_exists_in_the_package_index(tmp_path):
+    import sys
+
+    def download(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", "-d", str(tmp_path), *args],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+
+    import pip
+
+    if download(f"pip=={pip.__version__}").returncode != 0:
+        pytest.skip("the package index is unreachable (run with -m 'not network' offline)")
+    out = download("-r", str(ROOT / "docker" / "requirements.txt"))
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = {p.name.lower().replace("_", "-") for p in tmp_path.iterdir()}
+    for name, version in _image_pins().items():
+        assert any(g.startswith(f"{name}-{version}") for g in got), (name, version, sorted(got))

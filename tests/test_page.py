@@ -18,8 +18,9 @@ DRIVER = shutil.which("chromedriver")
 if not (CHROMIUM and DRIVER):
     if os.environ.get("CI"):
         raise RuntimeError("CI needs chromium and chromium-driver (scripts/system-deps.sh installs them)")
-    pytest.skip("needs chromium and chromium-driver (apt-get install chromium chromium-driver)",
-                allow_module_level=True)
+    pytest.skip(
+        "needs chromium and chromium-driver (apt-get install chromium chromium-driver)", allow_module_level=True
+    )
 
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
@@ -32,8 +33,9 @@ QUESTION = "What colour is the square, and what do you hear?"
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory):
-    srv = Server({"AVCHAT_MODEL": "demo", "AVCHAT_ENGINE": "transformers"},
-                 tmp_path_factory.mktemp("logs") / "page.log")
+    srv = Server(
+        {"AVCHAT_MODEL": "demo", "AVCHAT_ENGINE": "transformers"}, tmp_path_factory.mktemp("logs") / "page.log"
+    )
     yield srv.wait_ready()
     srv.stop()
 
@@ -42,9 +44,19 @@ def demo(tmp_path_factory):
 def browser(tmp_path):
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-quic", f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1280,1000"):
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-quic",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--window-size=1280,1000",
+    ):
         options.add_argument(flag)
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(60)
@@ -68,8 +80,11 @@ def _answers(driver) -> list:
 
 
 def _metric(url: str, name: str) -> float:
-    return sum(float(line.rsplit(" ", 1)[1]) for line in httpx.get(url + "/metrics").text.splitlines()
-               if line.startswith(name + " "))
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in httpx.get(url + "/metrics").text.splitlines()
+        if line.startswith(name + " ")
+    )
 
 
 def _screenshot(driver, name: str, tmp_path: Path) -> Path:
@@ -117,8 +132,13 @@ def test_the_comparison_answers_both_ways_side_by_side(demo, browser, tmp_path):
     browser.find_element(By.ID, "file").send_keys(str(SAMPLE))
     browser.find_element(By.ID, "compare").click()
     _ask(browser, "What do you hear?")
-    _wait(browser, lambda d: all("tokens" in m.text for m in d.find_elements(By.CSS_SELECTOR, ".answer .meta"))
-          and len(d.find_elements(By.CSS_SELECTOR, ".answer .meta")) == 2)
+    _wait(
+        browser,
+        lambda d: (
+            all("tokens" in m.text for m in d.find_elements(By.CSS_SELECTOR, ".answer .meta"))
+            and len(d.find_elements(By.CSS_SELECTOR, ".answer .meta")) == 2
+        ),
+    )
     boxes = browser.find_elements(By.CSS_SELECTOR, ".answer")
     titles = [b.find_element(By.TAG_NAME, "h3").text.lower() for b in boxes]
     assert titles == ["audio + video", "video only"]
@@ -149,8 +169,9 @@ def test_the_page_fits_a_phone(demo, browser, tmp_path):
 
 
 def test_a_service_with_keys_asks_for_one(browser, tmp_path):
-    srv = Server({"AVCHAT_MODEL": "demo", "AVCHAT_ENGINE": "transformers", "AVCHAT_API_KEYS": "page-key"},
-                 tmp_path / "keys.log")
+    srv = Server(
+        {"AVCHAT_MODEL": "demo", "AVCHAT_ENGINE": "transformers", "AVCHAT_API_KEYS": "page-key"}, tmp_path / "keys.log"
+    )
     try:
         srv.wait_ready()
         browser.get(srv.url + "/")
