@@ -11,6 +11,7 @@ sizes the KV cache.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
@@ -118,4 +119,10 @@ class VLLMEngine(Engine):
             METRICS.engine_running.dec()
 
     async def close(self):
-        self.llm.shutdown()
+        # Shut down and let go of the engine now: left to interpreter exit, AsyncLLM.__del__
+        # shuts down again with its module half torn down and logs a TypeError traceback.
+        llm, self.llm = self.llm, None
+        if llm is not None:
+            llm.shutdown()
+            del llm
+            gc.collect()

@@ -53,6 +53,8 @@ def server(request, tiny, tiny_home, temp_dir, tmp_path_factory):
     srv.engine = request.param
     yield srv.wait_ready()
     srv.stop()
+    # Every test's requests, and the shutdown itself, left no traceback behind.
+    assert "Traceback" not in srv.log_text(), srv.log_text()[-3000:]
 
 
 def test_the_engine_asked_for_is_the_one_serving(server):
