@@ -561,6 +561,13 @@ def test_invalid_arguments_list_every_problem(tiny_home, tmp_path):
     assert "Traceback" not in out.stderr
 
 
+def test_training_accepts_every_preset_the_model_has():
+    from model.presets import PRESETS
+    from training.config import PRESET_NAMES
+
+    assert set(PRESET_NAMES) == {"demo", *PRESETS}
+
+
 RECIPES = sorted((ROOT / "training" / "recipes").glob("*.yaml"))
 # The fixture manifest that stands in for each data file the recipes name.
 STAND_INS = {

@@ -42,7 +42,7 @@ def setup(cfg: TrainConfig, stage: str) -> AVChatModel:
     * finetune: LoRA on every linear layer of the LLM + both projectors (+ the vision projector
       only with modalities video: the baseline never touches audio).
     """
-    model = AVChatModel.from_pretrained(cfg.model)
+    model = AVChatModel.from_pretrained(cfg.model, dtype=getattr(torch, cfg.frozen_dtype))
     model.requires_grad_(False)
     if stage == "pretrain":
         projector = model.audio_projector if cfg.branch == "audio" else model.vision_projector
@@ -61,6 +61,11 @@ def setup(cfg: TrainConfig, stage: str) -> AVChatModel:
         model.audio_projector.requires_grad_("audio" in cfg.modalities)
         model.config.modalities = list(cfg.modalities)
     model.freeze_encoders()
+    # What trains keeps float32 weights (and so float32 optimizer state) over bf16 frozen ones;
+    # peft already makes LoRA's adapters float32 (autocast_adapter_dtype).
+    for part in (model.vision_projector, model.audio_projector):
+        if any(p.requires_grad for p in part.parameters()):
+            part.float()
     return model
 
 
