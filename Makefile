@@ -58,6 +58,7 @@ test-wheel-ffmpeg: install-dev
 
 bench: install-dev
 	-$(PY) bench/frame_sampling.py
+	-$(PY) bench/service_edge.py
 	-$(PY) bench/service_throughput.py
 	-$(PY) bench/engines.py
 	-$(PY) bench/training.py
