@@ -14,6 +14,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import shutil
+import tempfile
 
 import torch
 
@@ -56,6 +58,12 @@ class VLLMEngine(Engine):
             skip_tokenizer_init=skip_tokenizer_init,
         )
         self.detokenize = not skip_tokenizer_init  # benchmarks with random weights have no tokenizer
+        # vLLM's processes talk over sockets it names in the temp folder and never removes: give
+        # them a folder of their own, removed on close.
+        self._ipc_dir = None
+        if "VLLM_RPC_BASE_PATH" not in os.environ:
+            self._ipc_dir = tempfile.mkdtemp(prefix="avchat-vllm-")
+            os.environ["VLLM_RPC_BASE_PATH"] = self._ipc_dir
         self.llm = AsyncLLM.from_engine_args(args)
 
     @classmethod
@@ -126,3 +134,7 @@ class VLLMEngine(Engine):
             llm.shutdown()
             del llm
             gc.collect()
+        if self._ipc_dir is not None:
+            shutil.rmtree(self._ipc_dir, ignore_errors=True)
+            os.environ.pop("VLLM_RPC_BASE_PATH", None)
+            self._ipc_dir = None

@@ -36,8 +36,10 @@ def _engines() -> list[str]:
 @pytest.fixture(scope="module", params=_engines())
 def server(request, tiny, tiny_home, temp_dir, tmp_path_factory):
     """One real server per engine; every test in this file runs against each."""
+    system_temp = tmp_path_factory.mktemp(f"tmpdir-{request.param}")
     srv = Server(
         {
+            "TMPDIR": str(system_temp),
             "AVCHAT_HOME": str(tiny_home),
             "AVCHAT_TEMP_DIR": str(temp_dir),
             "AVCHAT_MAX_UPLOAD_BYTES": str(UPLOAD_LIMIT),
@@ -53,8 +55,10 @@ def server(request, tiny, tiny_home, temp_dir, tmp_path_factory):
     srv.engine = request.param
     yield srv.wait_ready()
     srv.stop()
-    # Every test's requests, and the shutdown itself, left no traceback behind.
+    # Every test's requests, and the shutdown itself, left no traceback and no temp file behind
+    # (torch's compile cache aside).
     assert "Traceback" not in srv.log_text(), srv.log_text()[-3000:]
+    assert [p.name for p in system_temp.iterdir() if not p.name.startswith("torchinductor")] == []
 
 
 def test_the_engine_asked_for_is_the_one_serving(server):
