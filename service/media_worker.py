@@ -108,22 +108,27 @@ async def run_job(job: FfmpegJob, path: str):
             else:
                 sink(data)
 
+    # Plain tasks and asyncio.wait rather than wait_for(gather(...)): on Python 3.11, cancelling
+    # wait_for leaves the gather's CancelledError unretrieved, which asyncio logs with a traceback
+    # every time a client disconnects mid-decode.
+    pumps = [
+        asyncio.ensure_future(pump(proc.stdout, out.on_stdout, job.consume is not None)),
+        asyncio.ensure_future(pump(proc.stderr, out.on_stderr, False)),
+    ]
+    tasks = [*pumps, asyncio.ensure_future(proc.wait())]
     try:
-        await asyncio.wait_for(
-            asyncio.gather(
-                pump(proc.stdout, out.on_stdout, job.consume is not None),
-                pump(proc.stderr, out.on_stderr, False),
-                proc.wait(),
-            ),
-            job.limits.timeout,
-        )
-    except BaseException as exc:
+        done, pending = await asyncio.wait(tasks, timeout=job.limits.timeout, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+        if pending:
+            raise timeout_error(path, job.limits.timeout, job.what)
+    finally:
         if proc.returncode is None:
             proc.kill()
-            await asyncio.shield(proc.wait())
-        if isinstance(exc, asyncio.TimeoutError):
-            raise timeout_error(path, job.limits.timeout, job.what) from None
-        raise
+        for task in pumps:
+            task.cancel()
+        # Reaps the child and retrieves every task's outcome, even if this task is cancelled again.
+        await asyncio.shield(asyncio.gather(*tasks, return_exceptions=True))
     return await asyncio.to_thread(job.parse, out.result(proc.returncode))
 
 

@@ -4,14 +4,19 @@ their Retry-After, and the multipart form's parsing into a request."""
 from __future__ import annotations
 
 import asyncio
+import gc
+import time
 
+import psutil
 import pytest
 import torch
 
+from model.ffmpeg import FfmpegJob, ffmpeg_exe
+from model.media import MediaError, MediaLimits
 from model.pipeline import MediaEmbeddings, MediaReport
 from service.errors import AtCapacity, BadParameter, InvalidFields, describe
 from service.forms import parse_form
-from service.media_worker import CachedMedia, FeatureCache
+from service.media_worker import CachedMedia, FeatureCache, run_job
 from service.protocol import parse_completion_request
 from service.serving import Admission, Places
 
@@ -120,3 +125,51 @@ def test_openai_requests_take_output_modalities_and_input_modalities():
         parse_completion_request({**base, "modalities": ["audio"]})
     status, body, _ = describe(InvalidFields("x", param="modalities"))
     assert status == 422 and body["error"]["param"] == "modalities"
+
+
+def _endless_job(timeout: float) -> FfmpegJob:
+    """A real ffmpeg that writes raw frames to stdout until killed."""
+    args = [ffmpeg_exe(), "-nostdin", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "rawvideo", "-"]
+    return FfmpegJob(args, "decode frames", lambda out: out, MediaLimits(timeout=timeout), max_stdout=1 << 40)
+
+
+async def _run_and_collect(coro_factory) -> list[dict]:
+    """Runs what coro_factory starts; returns whatever asyncio reported to its exception handler."""
+    loop = asyncio.get_running_loop()
+    reported: list[dict] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    await coro_factory()
+    for _ in range(3):
+        gc.collect()
+        await asyncio.sleep(0.05)
+    return reported
+
+
+@pytest.mark.parametrize("delay", [0.05, 0.3])
+def test_a_cancelled_ffmpeg_job_is_killed_and_leaves_nothing_unretrieved(delay):
+    """A client that disconnects mid-decode cancels the job: ffmpeg dies, nothing is logged."""
+
+    async def cancel_midway():
+        before = set(psutil.Process().children())
+        task = asyncio.ensure_future(run_job(_endless_job(60), "clip.mp4"))
+        await asyncio.sleep(delay)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not [
+            p
+            for p in psutil.Process().children()
+            if p not in before and p.is_running() and p.status() != psutil.STATUS_ZOMBIE
+        ]
+
+    assert asyncio.run(_run_and_collect(cancel_midway)) == []
+
+
+def test_an_ffmpeg_job_over_its_time_is_killed_with_a_clear_error():
+    async def overrun():
+        started = time.monotonic()
+        with pytest.raises(MediaError, match="longer than 1 s to decode frames"):
+            await run_job(_endless_job(1.0), "clip.mp4")
+        assert time.monotonic() - started < 5
+
+    assert asyncio.run(_run_and_collect(overrun)) == []
