@@ -257,6 +257,11 @@ def built_checkpoint(name: str, build: Builder, home: Path | None = None) -> Pat
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=target.parent))
     try:
         build(make_config(), make_tokenizer(), tmp, TINY_SEED, dtype)
+        if not any(tmp.rglob("*.safetensors")):
+            raise RuntimeError(
+                f"building the {name} preset wrote no weights (under torch.distributed only rank 0 writes "
+                "them): load it on rank 0 first, as training does"
+            )
         (tmp / "PRESET").write_text(f"{name} {version}\n")
         try:
             tmp.rename(target)

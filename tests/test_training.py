@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from model import AVChatModel
-from tests.conftest import ffmpeg
+from tests.conftest import H264, ffmpeg, lavfi
 from tests.servers import ROOT, Server
 
 
@@ -71,36 +71,17 @@ def sources(tmp_path_factory):
     vi = d / "vi"
     (vi / "videos").mkdir(parents=True)
     ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=96x96:rate=5:duration=2",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=500:duration=2",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
+        *lavfi("testsrc2=size=96x96:rate=5:duration=2"),
+        *lavfi("sine=frequency=500:duration=2"),
+        *H264,
         "-c:a",
         "aac",
         "-shortest",
         str(vi / "videos" / "v1.mp4"),
     )
     ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "color=c=red:size=96x96:rate=5:duration=2",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
+        *lavfi("color=c=red:size=96x96:rate=5:duration=2"),
+        *H264,
         str(vi / "videos" / "v2.mp4"),
     )
     qa = [
@@ -653,7 +634,9 @@ def test_torchrun_with_two_cpu_ranks_really_distributes(sources, tiny_home, tmp_
         "--warmup-ratio",
         "0",
     ]
-    env = {**os.environ, "AVCHAT_HOME": str(tiny_home), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    # A home where tiny is not built yet: both ranks want it at once, the first launch on a new machine.
+    fresh_home = tmp_path / "home"
+    env = {**os.environ, "AVCHAT_HOME": str(fresh_home), "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
     two = subprocess.run(
         [
             sys.executable,
@@ -677,6 +660,8 @@ def test_torchrun_with_two_cpu_ranks_really_distributes(sources, tiny_home, tmp_
         timeout=900,
     )
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-4000:]
+    built = list(fresh_home.iterdir())  # built once, completely, no half-built folder left
+    assert len(built) == 1 and built[0].name.startswith("tiny-v") and list(built[0].rglob("*.safetensors"))
     _run(
         "training.finetune",
         *common,

@@ -195,7 +195,10 @@ def fit(cfg: TrainConfig, stage: str) -> Path:
         (out / "run_config.json").write_text(json.dumps({**vars(cfg), "stage": stage}, indent=1, default=str))
     # Seed before the model is built: LoRA's A matrices are drawn when the adapter is added.
     set_seed(cfg.seed, deterministic=cfg.deterministic)
-    model = setup(cfg, stage)
+    # Local rank 0 loads first: a preset it builds on first use (tiny, phi2-shape) is complete before
+    # the other ranks look for it (transformers writes weights from rank 0 only).
+    with args.main_process_first(desc="loading the model"):
+        model = setup(cfg, stage)
     store = None
     if cfg.feature_cache:
         from .features import FeatureStore
