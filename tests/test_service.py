@@ -464,9 +464,13 @@ def test_ready_answers_503_while_no_model_is_loaded(tiny_home, tmp_path):
                 time.sleep(0.1)
         r = httpx.get(srv.url + "/ready")
         assert r.status_code == 503 and r.headers["retry-after"] and r.json()["error"]["type"] == "service_unavailable"
-        time.sleep(1)
-        r = httpx.get(srv.url + "/v1/models")
-        assert r.status_code == 503 and "failed to load" in r.json()["error"]["message"]
+        while time.time() < deadline:  # "still loading" until the load has failed
+            r = httpx.get(srv.url + "/v1/models")
+            assert r.status_code == 503
+            if "still loading" not in r.json()["error"]["message"]:
+                break
+            time.sleep(0.2)
+        assert "failed to load" in r.json()["error"]["message"]
         assert "Traceback" not in srv.log_text()
     finally:
         srv.stop()
