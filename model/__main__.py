@@ -142,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "ask":
         return _ask(args)
     if args.command == "download":
-        from .hub import download
+        from .download import download
 
         try:
             print(f"wrote {download(args.to)}; serve it with AVCHAT_MODEL={args.to}")

@@ -58,6 +58,18 @@ def projector_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return part
 
 
+def load_vision_projector(projector: torch.nn.Module, source: str | dict) -> None:
+    """Loads Bunny's pretrained vision projector (keys ``model.mm_projector.{0,2}.*``) from a state
+    dict, a ``.bin``/``.safetensors`` file, or a hub repo holding ``mm_projector.bin``, into
+    ``projector``, after checking that every shape fits."""
+    part = projector_state(read_state(source, "mm_projector.bin") if isinstance(source, str) else source)
+    expected = {k: tuple(v.shape) for k, v in projector.state_dict().items()}
+    got = {k: tuple(v.shape) for k, v in part.items()}
+    if expected != got:
+        raise ValueError(f"Bunny projector does not fit this model: expected {expected}, got {got}")
+    projector.load_state_dict(part)
+
+
 def read_folder(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint folder (safetensors shards, or PyTorch .bin shards)."""
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))

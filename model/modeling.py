@@ -22,12 +22,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel, WhisperModel
+from transformers import AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel, WhisperModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import bunny, presets
 from .config import PROJECTORS_FILE, AVChatConfig
 from .generation import sample_token
+from .llm_parts import EmbeddingsOnly, generation_config
 from .processor import AVChatProcessor, add_media_tokens
 
 
@@ -117,7 +118,7 @@ class AVChatModel(nn.Module):
         config.text_config = llm.config if not embeddings_only else config.text_config
         model = cls(config, vision, audio, llm, tokenizer)
         model.source = root
-        model.generation_config = _generation_config(llm_ref)
+        model.generation_config = generation_config(llm_ref)
         if root is not None and os.path.isdir(os.path.join(root, "adapter")):
             if embeddings_only:
                 raise ValueError(
@@ -199,16 +200,8 @@ class AVChatModel(nn.Module):
                 getattr(self, name).load_state_dict(part)
 
     def load_bunny_projector(self, source: str | dict) -> None:
-        """Imports Bunny's pretrained vision projector (keys ``model.mm_projector.{0,2}.*``) from a
-        state dict, a ``.bin``/``.safetensors`` file, or a hub repo holding ``mm_projector.bin``."""
-        part = bunny.projector_state(
-            bunny.read_state(source, "mm_projector.bin") if isinstance(source, str) else source
-        )
-        expected = {k: tuple(v.shape) for k, v in self.vision_projector.state_dict().items()}
-        got = {k: tuple(v.shape) for k, v in part.items()}
-        if expected != got:
-            raise ValueError(f"Bunny projector does not fit this model: expected {expected}, got {got}")
-        self.vision_projector.load_state_dict(part)
+        """Imports Bunny's pretrained vision projector (see ``bunny.load_vision_projector``)."""
+        bunny.load_vision_projector(self.vision_projector, source)
 
     # -- features -------------------------------------------------------------------------------
 
@@ -422,41 +415,3 @@ def write_random_checkpoint(config: AVChatConfig, tokenizer, path: Path, seed: i
     finally:
         torch.set_default_dtype(previous)
     model.save_pretrained(path)
-
-
-class EmbeddingsOnly(nn.Module):
-    """Stands in for the LLM where another engine runs it: only the input embedding table."""
-
-    def __init__(self, embeddings: nn.Embedding, config):
-        super().__init__()
-        self.embed_tokens = embeddings
-        self.config = config
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    @classmethod
-    def load(cls, ref: str, config, dtype: torch.dtype | None) -> EmbeddingsOnly:
-        """Reads just ``model.embed_tokens.weight`` from the LLM's safetensors (a folder or a hub id)."""
-        import json
-
-        from safetensors import safe_open
-        from transformers.utils import cached_file
-
-        key = "model.embed_tokens.weight"
-        index = cached_file(ref, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
-        name = json.loads(Path(index).read_text())["weight_map"][key] if index else "model.safetensors"
-        with safe_open(cached_file(ref, name), "pt") as f:
-            weight = f.get_tensor(key)
-        embeddings = nn.Embedding.from_pretrained(weight.to(dtype or weight.dtype), freeze=True)
-        return cls(embeddings, AutoConfig.from_pretrained(ref) if os.path.isdir(ref) else config)
-
-
-def _generation_config(ref: str):
-    """The LLM's generation_config.json (sampling defaults), or transformers' defaults."""
-    from transformers import GenerationConfig
-
-    try:
-        return GenerationConfig.from_pretrained(ref)
-    except OSError:
-        return GenerationConfig()
