@@ -26,6 +26,44 @@ def ffmpeg(*args: str) -> None:
     )
 
 
+# Fast H.264 that every player and every supported ffmpeg decodes.
+H264 = ("-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p")
+
+
+def lavfi(*graphs: str) -> list[str]:
+    """ffmpeg inputs made by lavfi source graphs (testsrc2=..., sine=...)."""
+    return [arg for graph in graphs for arg in ("-f", "lavfi", "-i", graph)]
+
+
+def make_secret_ts(path: Path) -> Path:
+    """A real, decodable local MPEG-TS file: what the hostile files try to make the service read."""
+    ffmpeg(
+        *lavfi("testsrc2=size=64x64:rate=10:duration=2"),
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-f",
+        "mpegts",
+        str(path),
+    )
+    return path
+
+
+def make_two_tones(path: Path, seconds: float, first_tone_s: float = 4.0) -> Path:
+    """A video of ``seconds`` whose sound is 300 Hz for ``first_tone_s``, then 1200 Hz to the end."""
+    ffmpeg(
+        *lavfi(
+            f"testsrc2=size=96x96:rate=25:duration={seconds:g}",
+            f"sine=frequency=300:duration={first_tone_s:g}",
+            f"sine=frequency=1200:duration={seconds - first_tone_s:g}",
+        ),
+        "-filter_complex", "[1:a][2:a]concat=n=2:v=0:a=1[a]", "-map", "0:v", "-map", "[a]",
+        *H264, "-c:a", "aac", str(path),
+    )  # fmt: skip
+    return path
+
+
 @pytest.fixture(scope="session")
 def media_dir() -> Path:
     assert MEDIA_FILES, f"no media files in {MEDIA}"
@@ -46,22 +84,11 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     # 10 s at 30 fps with a 3 s stereo 44.1 kHz tone: timestamps and audio resampling.
     out["cfr"] = d / "cfr.mp4"
     ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=320x240:rate=30:duration=10",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=440:sample_rate=44100:duration=3",
+        *lavfi("testsrc2=size=320x240:rate=30:duration=10"),
+        *lavfi("sine=frequency=440:sample_rate=44100:duration=3"),
         "-ac",
         "2",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
+        *H264,
         "-c:a",
         "aac",
         "-t",
@@ -71,47 +98,25 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     # Variable frame rate: 2 s at 5 fps, then 2 s at 30 fps.
     out["vfr"] = d / "vfr.mp4"
     ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=160x120:rate=5:duration=2",
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=160x120:rate=30:duration=2",
+        *lavfi("testsrc2=size=160x120:rate=5:duration=2"),
+        *lavfi("testsrc2=size=160x120:rate=30:duration=2"),
         "-filter_complex",
         "[0:v][1:v]concat=n=2:v=1[v]",
         "-map",
         "[v]",
         "-fps_mode",
         "vfr",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
+        *H264,
         str(out["vfr"]),
     )
     # Left half red, right half blue, stored with a 90 degree display rotation.
     plain = d / "halves.mp4"
     ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "color=c=red:size=64x64:duration=1:rate=10",
-        "-f",
-        "lavfi",
-        "-i",
-        "color=c=blue:size=64x64:duration=1:rate=10",
+        *lavfi("color=c=red:size=64x64:duration=1:rate=10"),
+        *lavfi("color=c=blue:size=64x64:duration=1:rate=10"),
         "-filter_complex",
         "[0:v][1:v]hstack",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
+        *H264,
         str(plain),
     )
     out["rotated"] = d / "rotated.mp4"
@@ -120,10 +125,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     # 30 s with a keyframe every 0.2 s: keyframes are denser than 10 targets.
     out["dense_keys"] = d / "dense_keys.mp4"
     ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=160x120:rate=10:duration=30",
+        *lavfi("testsrc2=size=160x120:rate=10:duration=30"),
         "-c:v",
         "libx264",
         "-preset",
@@ -143,24 +145,20 @@ def odd_clips(tmp_path_factory) -> dict[str, tuple[Path, bool, bool]]:
     d = tmp_path_factory.mktemp("odd")
     src = ["-f", "lavfi", "-i", "testsrc2=size=160x120:rate=25:duration=6"]
     tone = ["-f", "lavfi", "-i", "sine=frequency=440:duration=6"]
-    h264 = ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
     out: dict[str, tuple[Path, bool, bool]] = {}
 
     def make(name: str, args: list[str], video: bool = True, audio: bool = True) -> None:
         ffmpeg(*args, str(d / name))
         out[name] = (d / name, video, audio)
 
-    make("long.ts", [*src, *tone, *h264, "-c:a", "aac", "-f", "mpegts"])  # 150 frames, 1.4 s start offset
-    make("offset.mp4", [*src, *tone, *h264, "-c:a", "aac", "-output_ts_offset", "10"])
-    make("audio_first.mkv", [*src, "-itsoffset", "-0.5", *tone, *h264, "-c:a", "libopus"])
+    make("long.ts", [*src, *tone, *H264, "-c:a", "aac", "-f", "mpegts"])  # 150 frames, 1.4 s start offset
+    make("offset.mp4", [*src, *tone, *H264, "-c:a", "aac", "-output_ts_offset", "10"])
+    make("audio_first.mkv", [*src, "-itsoffset", "-0.5", *tone, *H264, "-c:a", "libopus"])
     make("bframes.mp4", [*src, "-c:v", "libx264", "-preset", "medium", "-bf", "3", "-pix_fmt", "yuv420p"], audio=False)
     make(
         "open_gop.mp4",
         [
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=160x120:rate=30:duration=20",
+            *lavfi("testsrc2=size=160x120:rate=30:duration=20"),
             "-c:v",
             "libx264",
             "-preset",
@@ -179,42 +177,33 @@ def odd_clips(tmp_path_factory) -> dict[str, tuple[Path, bool, bool]]:
     make(
         "vfr.mkv",
         [
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=160x120:rate=5:duration=3",
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=160x120:rate=30:duration=3",
+            *lavfi("testsrc2=size=160x120:rate=5:duration=3"),
+            *lavfi("testsrc2=size=160x120:rate=30:duration=3"),
             "-filter_complex",
             "[0:v][1:v]concat=n=2:v=1[v]",
             "-map",
             "[v]",
             "-fps_mode",
             "vfr",
-            *h264,
+            *H264,
         ],
         audio=False,
     )
-    ffmpeg(*src, *tone, *h264, "-c:a", "aac", "-bf", "2", "-g", "25", str(d / "gop.mp4"))
+    ffmpeg(*src, *tone, *H264, "-c:a", "aac", "-bf", "2", "-g", "25", str(d / "gop.mp4"))
     make("edit_list.mp4", ["-ss", "1.3", "-i", str(d / "gop.mp4"), "-c", "copy"])  # starts mid-GOP
     make("rotated.mp4", ["-display_rotation", "90", "-i", str(d / "gop.mp4"), "-c", "copy"])
     make(
         "ntsc.mp4",
         [
-            "-f",
-            "lavfi",
-            "-i",
-            "testsrc2=size=160x120:rate=30000/1001:duration=7",
+            *lavfi("testsrc2=size=160x120:rate=30000/1001:duration=7"),
             *tone,
-            *h264,
+            *H264,
             "-c:a",
             "aac",
             "-shortest",
         ],
     )
-    make("one_frame.mp4", [*src, *h264, "-frames:v", "1"], audio=False)
+    make("one_frame.mp4", [*src, *H264, "-frames:v", "1"], audio=False)
     make("silent_video.webm", [*src, "-c:v", "libvpx", "-b:v", "200k"], audio=False)
     make("audio_only.m4a", [*tone, "-c:a", "aac"], video=False)
     return out

@@ -16,7 +16,7 @@ import pytest
 
 import clients
 from clients import Client, image_url_part, video_url_part
-from tests.conftest import ffmpeg
+from tests.conftest import ffmpeg, make_two_tones
 from tests.servers import ROOT, Server
 
 SAMPLE = ROOT / "model" / "demo" / "sample.mp4"
@@ -156,38 +156,8 @@ def test_file_urls_are_read_only_under_the_allowed_folder(demo, oai, local):
 
 @pytest.fixture(scope="module")
 def two_tones(tmp_path_factory):
-    """8 s: 300 Hz for 4 s, then 1200 Hz; 40 s of audio in all (longer than Whisper's window)."""
-    path = tmp_path_factory.mktemp("tones") / "tones.mp4"
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=96x96:rate=25:duration=40",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=300:duration=4",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=1200:duration=36",
-        "-filter_complex",
-        "[1:a][2:a]concat=n=2:v=0:a=1[a]",
-        "-map",
-        "0:v",
-        "-map",
-        "[a]",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        str(path),
-    )
-    return path
+    """40 s: 300 Hz for 4 s, then 1200 Hz (longer than Whisper's 30 s window)."""
+    return make_two_tones(tmp_path_factory.mktemp("tones") / "tones.mp4", 40)
 
 
 def test_time_windows_and_the_media_report(demo, oai, sdk, two_tones):

@@ -50,40 +50,20 @@ def test_ask_uses_the_demo_model_by_default(tiny_home):
 
 
 def test_hostile_files_get_a_one_line_refusal_and_no_traceback(tmp_path, tiny_home):
-    from tests.conftest import ffmpeg
+    from tests.conftest import H264, ffmpeg, lavfi, make_secret_ts
     from tests.test_media import hostile_files
 
     target = tmp_path / "secret.ts"
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=64x64:rate=10:duration=2",
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        "-f",
-        "mpegts",
-        str(target),
-    )
+    make_secret_ts(target)
     files = {name: tmp_path / f"{name}.mp4" for name in hostile_files(tmp_path, target, "http://127.0.0.1:9")}
     for name, data in hostile_files(tmp_path, target, "http://127.0.0.1:9").items():
         files[name].write_bytes(data)
     files["bomb"] = tmp_path / "bomb.mp4"
     ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "color=c=black:size=8192x8192:rate=25",
+        *lavfi("color=c=black:size=8192x8192:rate=25"),
         "-frames:v",
         "3",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
+        *H264,
         str(files["bomb"]),
     )
     for name, path in files.items():

@@ -16,7 +16,7 @@ from model.media import MediaError, MediaLimitError, MediaLimits, NotAContainerE
 from model.pipeline import decode
 from model.presets import tiny_config
 from model.probe import probe, probe_job
-from tests.conftest import ffmpeg
+from tests.conftest import H264, ffmpeg, lavfi, make_secret_ts, make_two_tones
 
 CONFIG = tiny_config()  # the real geometry: 100 frames at 384 px, one 30 s audio window
 
@@ -39,18 +39,10 @@ def test_the_chosen_frames_are_the_ones_decoded(tmp_path):
     """Each frame shows its own index (drawn into the picture), so the pixels prove which one came out."""
     path = tmp_path / "numbered.mp4"
     ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "color=c=black:size=64x64:rate=20:duration=10",
+        *lavfi("color=c=black:size=64x64:rate=20:duration=10"),
         "-vf",
         "drawbox=x=0:y=0:w=64:h=64:color=white@1:t=fill:enable='lt(mod(n,2),1)'",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
+        *H264,
         "-f",
         "mpegts",
         str(path),
@@ -172,36 +164,7 @@ def test_audio_is_cut_to_the_window_and_the_report_says_what_was_not_heard(media
 
 
 def test_a_time_window_samples_inside_it_and_audio_starts_at_its_start(tmp_path):
-    path = tmp_path / "two_tones.mp4"  # 300 Hz for 4 s, then 1200 Hz for 4 s
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=96x96:rate=25:duration=8",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=300:duration=4",
-        "-f",
-        "lavfi",
-        "-i",
-        "sine=frequency=1200:duration=4",
-        "-filter_complex",
-        "[1:a][2:a]concat=n=2:v=0:a=1[a]",
-        "-map",
-        "0:v",
-        "-map",
-        "[a]",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
-        "-c:a",
-        "aac",
-        str(path),
-    )
+    path = make_two_tones(tmp_path / "two_tones.mp4", 8)  # 300 Hz for 4 s, then 1200 Hz for 4 s
     media = decode(str(path), CONFIG, window=Window(4.5, 8.0))
     assert min(media.frames.timestamps) >= 4.5 and max(media.frames.timestamps) < 8.0
     assert len(media.frames.frames) == 87  # every frame of the 3.5 s span (fewer than 100)
@@ -242,10 +205,7 @@ def test_audio_only_file(media_dir):
 def test_still_images_are_one_frame_videos(tmp_path, fmt, codec):
     path = tmp_path / f"picture.{fmt}"
     ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "color=c=red:size=80x60:rate=5:duration=1",
+        *lavfi("color=c=red:size=80x60:rate=5:duration=1"),
         "-frames:v",
         "1" if fmt != "gif" else "5",
         "-c:v",
@@ -342,19 +302,7 @@ def hostile_files(d, target, url: str) -> dict[str, bytes]:
 @pytest.fixture
 def hostile(tmp_path, listener):
     target = tmp_path / "secret.ts"  # a real, decodable local file the hostile files name
-    ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=64x64:rate=10:duration=2",
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        "-f",
-        "mpegts",
-        str(target),
-    )
+    make_secret_ts(target)
     files = {}
     for name, data in hostile_files(tmp_path, target, listener).items():
         files[name] = tmp_path / f"{name}.mp4"
@@ -392,18 +340,10 @@ def decode_bomb(tmp_path_factory):
     """About 200 kB of H.264 that decodes to 8192 x 8192 frames."""
     path = tmp_path_factory.mktemp("bomb") / "bomb.mp4"
     ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "color=c=black:size=8192x8192:rate=25",
+        *lavfi("color=c=black:size=8192x8192:rate=25"),
         "-frames:v",
         "10",
-        "-c:v",
-        "libx264",
-        "-preset",
-        "ultrafast",
-        "-pix_fmt",
-        "yuv420p",
+        *H264,
         str(path),
     )
     return path
