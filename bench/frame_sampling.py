@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import seconds  # noqa: E402  (bench/timing.py)
+
 from model.ffmpeg import ffmpeg_exe  # noqa: E402
 from model.media import MediaLimitError  # noqa: E402
 from model.pipeline import decode  # noqa: E402
@@ -161,15 +163,6 @@ def corpus(long: bool) -> list[tuple[str, Path, float | None]]:
     return clips
 
 
-def time_it(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def whole_decode(path: Path) -> None:
     subprocess.run(
         [
@@ -195,8 +188,8 @@ def speed(args) -> list[tuple]:
     rows = []
     for name, path, target in corpus(not args.skip_long):
         frames = decode(str(path), CONFIG, ["video"]).frames
-        whole = time_it(lambda p=path: whole_decode(p), args.repeat)
-        ours = time_it(lambda p=path: decode(str(p), CONFIG, ["video"]), args.repeat)
+        whole = seconds(lambda p=path: whole_decode(p), args.repeat)
+        ours = seconds(lambda p=path: decode(str(p), CONFIG, ["video"]), args.repeat)
         ok = "" if target is None else ("yes" if ours / whole <= target else "NO")
         rows.append((name, frames.mode, len(frames.frames), whole, ours, ours / whole, target, ok))
         print(
@@ -229,7 +222,7 @@ def bomb(args) -> tuple[float, float]:
         raise SystemExit("the decode bomb was not refused")
     except MediaLimitError:
         refused = time.perf_counter() - start
-    decoding = time_it(lambda: whole_decode(path), 1) if args.repeat else 0.0
+    decoding = seconds(lambda: whole_decode(path), 1) if args.repeat else 0.0
     print(
         f"decode bomb ({path.stat().st_size / 1e3:.0f} kB, 300 x 8192x8192): refused in {refused:.2f} s "
         f"(target < 2 s); ffmpeg takes {decoding:.1f} s to decode it",

@@ -27,6 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
+from timing import seconds  # noqa: E402  (bench/timing.py)
 
 CLIP = ROOT / "tests" / "media" / "vllama_dog_barking.mp4"
 # DESIGN §6 on an H100: SigLIP 100 frames ~75 ms, Whisper 30 s a few ms, prefill ~950 tokens
@@ -87,15 +88,9 @@ class GpuMemory:
 
 
 def timed_ms(fn, device: str, repeat: int = 5) -> float:
-    fn()
+    fn()  # warm-up
     sync(device)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return seconds(fn, repeat, sync=lambda: sync(device)) * 1e3
 
 
 async def streams(engine, embeds: torch.Tensor, concurrency: int, tokens: int) -> dict:

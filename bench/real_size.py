@@ -30,6 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from timing import seconds  # noqa: E402  (bench/timing.py)
+
 CLIP = ROOT / "tests" / "media" / "vllama_dog_barking.mp4"  # 7.2 s, 854x480, speech-free barking
 PREFILL_TOKENS = 950
 DECODE_TOKENS = 32
@@ -83,33 +85,14 @@ def machine_speed() -> dict[str, float]:
         a = torch.randn(2048, 2048).to(dtype)
         b = torch.randn(2048, 2048).to(dtype)
         a @ b
-        times = []
-        for _ in range(5):
-            start = time.perf_counter()
-            a @ b
-            times.append(time.perf_counter() - start)
-        out[f"matmul_{name}"] = 2 * 2048**3 / min(times)
+        out[f"matmul_{name}"] = 2 * 2048**3 / seconds(lambda a=a, b=b: a @ b, 5, best=True)
     big = torch.ones(256 * 2**20, dtype=torch.float32)  # 1 GiB, far beyond any cache
     big.sum()
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        big.sum()
-        times.append(time.perf_counter() - start)
-    out["bandwidth"] = big.numel() * 4 / min(times)
+    out["bandwidth"] = big.numel() * 4 / seconds(big.sum, 5, best=True)
     return out
 
 
 # -- one dtype, in its own process ---------------------------------------------------------------
-
-
-def median_time(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def peak_gib() -> float:
@@ -149,12 +132,12 @@ def child(dtype_name: str, frames: int, variants: bool) -> dict:
         log(f"{dtype_name}: Whisper, 30 s")
         mel = torch.randn(1, 80, 3000, dtype=dtype)
         model.encode_audio(mel)
-        out["whisper_s"] = median_time(lambda: model.encode_audio(mel), 3)
+        out["whisper_s"] = seconds(lambda: model.encode_audio(mel), 3)
 
         log(f"{dtype_name}: prefill {PREFILL_TOKENS} tokens, then {DECODE_TOKENS} tokens")
         embeds = torch.randn(1, PREFILL_TOKENS, config.text_config.hidden_size, dtype=dtype) * 0.02
         model.llm(inputs_embeds=embeds[:, :64], use_cache=True, logits_to_keep=1)
-        out["prefill_s"] = median_time(lambda: model.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1), 2)
+        out["prefill_s"] = seconds(lambda: model.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1), 2)
         cache = model.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).past_key_values
         token = torch.tensor([[1]])
         steps = []
