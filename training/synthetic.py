@@ -153,7 +153,15 @@ def experiment(out: Path, quick: bool = False, model: str = "tiny", seed: int = 
         ],
     )
     timings["feature cache"] = time.time() - t
-    common = [
+    common = [  # both stages: the same optimiser settings, logging and seed
+        "--learning-rate",
+        "3e-3",
+        "--warmup-ratio",
+        "0.05",
+        "--per-device-train-batch-size",
+        "8",
+        "--gradient-accumulation-steps",
+        "1",
         "--deterministic",
         "true",
         "--feature-cache",
@@ -181,14 +189,6 @@ def experiment(out: Path, quick: bool = False, model: str = "tiny", seed: int = 
             str(out / "stage1"),
             "--max-steps",
             str(steps1),
-            "--learning-rate",
-            "3e-3",
-            "--warmup-ratio",
-            "0.05",
-            "--per-device-train-batch-size",
-            "8",
-            "--gradient-accumulation-steps",
-            "1",
             *common,
         ],
     )
@@ -218,16 +218,8 @@ def experiment(out: Path, quick: bool = False, model: str = "tiny", seed: int = 
                 "0.0",
                 "--train-norms",
                 "true",
-                "--learning-rate",
-                "3e-3",
                 "--projector-lr",
                 "3e-3",
-                "--warmup-ratio",
-                "0.05",
-                "--per-device-train-batch-size",
-                "8",
-                "--gradient-accumulation-steps",
-                "1",
                 *common,
             ],
         )
