@@ -244,6 +244,11 @@ def fit(cfg: TrainConfig, stage: str) -> Path:
         elif stage == "pretrain" or cfg.export:
             model.save_pretrained(out / "final", merge=True)
             print(f"wrote the checkpoint folder {out / 'final'}")
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # Every rank waits for rank 0's files (torchrun's exit means they are written), then the
+        # group is taken down in order rather than by whichever process exits first.
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     return out
 
 
