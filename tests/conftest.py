@@ -35,6 +35,12 @@ def lavfi(*graphs: str) -> list[str]:
     return [arg for graph in graphs for arg in ("-f", "lavfi", "-i", graph)]
 
 
+def variable_rate(seconds_each: float) -> list[str]:
+    """ffmpeg arguments for an H.264 video at 5 fps for ``seconds_each``, then 30 fps as long."""
+    graphs = (f"testsrc2=size=160x120:rate={rate}:duration={seconds_each}" for rate in (5, 30))
+    return [*lavfi(*graphs), "-filter_complex", "[0:v][1:v]concat=n=2:v=1[v]", "-map", "[v]", "-fps_mode", "vfr", *H264]
+
+
 def make_secret_ts(path: Path) -> Path:
     """A real, decodable local MPEG-TS file: what the hostile files try to make the service read."""
     ffmpeg(
@@ -98,15 +104,7 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     # Variable frame rate: 2 s at 5 fps, then 2 s at 30 fps.
     out["vfr"] = d / "vfr.mp4"
     ffmpeg(
-        *lavfi("testsrc2=size=160x120:rate=5:duration=2"),
-        *lavfi("testsrc2=size=160x120:rate=30:duration=2"),
-        "-filter_complex",
-        "[0:v][1:v]concat=n=2:v=1[v]",
-        "-map",
-        "[v]",
-        "-fps_mode",
-        "vfr",
-        *H264,
+        *variable_rate(2),
         str(out["vfr"]),
     )
     # Left half red, right half blue, stored with a 90 degree display rotation.
@@ -174,21 +172,7 @@ def odd_clips(tmp_path_factory) -> dict[str, tuple[Path, bool, bool]]:
         ],
         audio=False,
     )
-    make(
-        "vfr.mkv",
-        [
-            *lavfi("testsrc2=size=160x120:rate=5:duration=3"),
-            *lavfi("testsrc2=size=160x120:rate=30:duration=3"),
-            "-filter_complex",
-            "[0:v][1:v]concat=n=2:v=1[v]",
-            "-map",
-            "[v]",
-            "-fps_mode",
-            "vfr",
-            *H264,
-        ],
-        audio=False,
-    )
+    make("vfr.mkv", variable_rate(3), audio=False)
     ffmpeg(*src, *tone, *H264, "-c:a", "aac", "-bf", "2", "-g", "25", str(d / "gop.mp4"))
     make("edit_list.mp4", ["-ss", "1.3", "-i", str(d / "gop.mp4"), "-c", "copy"])  # starts mid-GOP
     make("rotated.mp4", ["-display_rotation", "90", "-i", str(d / "gop.mp4"), "-c", "copy"])
