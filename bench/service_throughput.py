@@ -27,16 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
-
-MEDIA = ROOT / "tests" / "media"
-CLIPS = [
-    "vllama_dog_barking.mp4",
-    "vllama_boat.mp4",
-    "vllava_sample_demo_1.mp4",
-    "moviepy_chaplin.mp4",
-    "vllama_birthday.mp4",
-    "moviepy_big_buck_bunny_432_433.webm",
-]
+from clips import CLIPS, MEDIA  # noqa: E402
 
 
 def pct(values, p):
