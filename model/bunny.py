@@ -70,6 +70,15 @@ def load_vision_projector(projector: torch.nn.Module, source: str | dict) -> Non
     projector.load_state_dict(part)
 
 
+def save_projectors(folder: Path, vision: dict[str, torch.Tensor], audio: dict[str, torch.Tensor]) -> None:
+    """Writes a checkpoint folder's projectors file from the two projectors' state dicts."""
+    from .config import PROJECTORS_FILE
+
+    projectors = {f"vision_projector.{k}": v for k, v in vision.items()}
+    projectors.update({f"audio_projector.{k}": v for k, v in audio.items()})
+    save_file({k: v.detach().contiguous() for k, v in projectors.items()}, str(folder / PROJECTORS_FILE))
+
+
 def read_folder(folder: Path) -> dict[str, torch.Tensor]:
     """Every tensor of a checkpoint folder (safetensors shards, or PyTorch .bin shards)."""
     files = sorted(folder.glob("*.safetensors")) or sorted(folder.glob("pytorch_model*.bin"))
@@ -130,7 +139,6 @@ def import_bunny(source: str | os.PathLike, target: str | os.PathLike) -> Path:
     """Converts a Bunny-format merged checkpoint folder into this project's checkpoint folder."""
     from transformers import AutoTokenizer, PhiConfig, PhiForCausalLM, SiglipVisionModel, WhisperModel
 
-    from .config import PROJECTORS_FILE
     from .presets import phi2_config
     from .processor import add_media_tokens
 
@@ -174,9 +182,7 @@ def import_bunny(source: str | os.PathLike, target: str | os.PathLike) -> Path:
         module.save_pretrained(target / folder)
     tokenizer.save_pretrained(target)
     tokenizer.save_pretrained(target / "llm")  # llm/ stands alone (vLLM loads it as a plain model folder)
-    projectors = {f"vision_projector.{k}": v for k, v in parts["vision_projector"].items()}
-    projectors.update({f"audio_projector.{k}": v for k, v in parts["audio_projector"].items()})
-    save_file({k: v.contiguous() for k, v in projectors.items()}, str(target / PROJECTORS_FILE))
+    save_projectors(target, parts["vision_projector"], parts["audio_projector"])
     config.save_pretrained(target)
     return target
 

@@ -18,13 +18,11 @@ def download(to: str | os.PathLike) -> Path:
     checkpoint folder the service and the command line load as they are."""
     import torch
     from huggingface_hub import snapshot_download
-    from safetensors.torch import save_file
     from transformers import AutoTokenizer
 
     from . import bunny
-    from .config import PROJECTORS_FILE
     from .modeling import mlp2x_gelu
-    from .presets import phi2_config
+    from .presets import phi2_shape_config
     from .processor import add_media_tokens
 
     to = Path(to)
@@ -32,20 +30,14 @@ def download(to: str | os.PathLike) -> Path:
     for folder, repo in PHI2_REPOS.items():
         print(f"{repo} -> {to / folder}", flush=True)
         snapshot_download(repo, local_dir=str(to / folder), allow_patterns=PATTERNS, token=token)
-    config = phi2_config()
-    config.vision_tower, config.audio_tower, config.llm = "vision", "audio", "llm"
-    config.tokenizer_name, config.vision_projector_init = None, None
+    config = phi2_shape_config()  # phi2's geometry with every component in this folder
     tokenizer = AutoTokenizer.from_pretrained(to / "llm")
     add_media_tokens(tokenizer)
     tokenizer.save_pretrained(to)
     tokenizer.save_pretrained(to / "llm")
     torch.manual_seed(0)  # the audio projector starts untrained (stage 1 trains it)
     audio = mlp2x_gelu(config.audio_config.d_model, config.hidden_size)
-    projectors = {
-        f"vision_projector.{k}": v
-        for k, v in bunny.projector_state(bunny.read_state(str(to / "projector" / "mm_projector.bin"), "")).items()
-    }
-    projectors.update({f"audio_projector.{k}": v.detach() for k, v in audio.state_dict().items()})
-    save_file({k: v.contiguous() for k, v in projectors.items()}, str(to / PROJECTORS_FILE))
+    vision = bunny.projector_state(bunny.read_state(str(to / "projector" / "mm_projector.bin"), ""))
+    bunny.save_projectors(to, vision, audio.state_dict())
     config.save_pretrained(to)
     return to

@@ -83,8 +83,8 @@ def phi2_config() -> AVChatConfig:
 
 
 def phi2_shape_config() -> AVChatConfig:
-    """The paper's geometry and sizes exactly, with the components stored in the checkpoint folder
-    (random weights, built offline)."""
+    """The paper's geometry and sizes exactly, with every component stored in the checkpoint folder
+    (vision/, audio/, llm/): the random-weight preset, and the layout ``python -m model download`` writes."""
     config = phi2_config()
     config.vision_tower, config.audio_tower, config.llm, config.tokenizer_name = "vision", "audio", "llm", None
     config.vision_projector_init = None
