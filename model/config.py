@@ -6,12 +6,13 @@ from __future__ import annotations
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.models.auto.configuration_auto import CONFIG_MAPPING
 
+from .modalities import MODALITIES, check
+
 # Bunny's `conv_bunny` system prompt.
 BUNNY_SYSTEM = (
     "A chat between a curious user and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
-MODALITIES = ("audio", "video")
 PROJECTORS_FILE = "projectors.safetensors"  # in a checkpoint folder: audio_projector.*, vision_projector.*
 
 
@@ -64,11 +65,7 @@ class AVChatConfig(PreTrainedConfig):
                 setattr(self, key, CONFIG_MAPPING[value.pop("model_type")](**value))
             elif value is None:
                 setattr(self, key, CONFIG_MAPPING[model_type]())
-        if self.modalities is None:
-            self.modalities = list(MODALITIES)
-        unknown = set(self.modalities) - set(MODALITIES)
-        if unknown:
-            raise ValueError(f"unknown modalities {sorted(unknown)}; use a subset of {list(MODALITIES)}")
+        self.modalities = list(MODALITIES) if self.modalities is None else check(self.modalities)
         if self.projector_type != "mlp2x_gelu":
             raise ValueError(f"projector_type {self.projector_type!r} is not supported; use 'mlp2x_gelu'")
         super().__post_init__(**kwargs)

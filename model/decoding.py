@@ -24,14 +24,13 @@ so that timestamps never have to match exactly.
 from __future__ import annotations
 
 import bisect
-import os
 import sys
 from dataclasses import dataclass
 
 import numpy as np
 
 from .ffmpeg import FfmpegJob, JobOutput, command, error_summary, input_args, out_of_memory
-from .media import AUDIO_SAMPLE_RATE, Frames, MediaError, MediaInfo, MediaLimitError, MediaLimits, Window
+from .media import AUDIO_SAMPLE_RATE, Frames, MediaError, MediaInfo, MediaLimitError, MediaLimits, Span, whole
 from .probe import probe
 
 # -- frame sampling ------------------------------------------------------------------------------
@@ -58,16 +57,17 @@ def _nearest(times: list[float], t: float, lo: int = 0, hi: int | None = None) -
     return min(candidates, key=lambda j: (abs(times[j] - t), j))
 
 
-def plan_sampling(info: MediaInfo, n: int, window: Window | None = None) -> SamplingPlan:
-    """Chooses which frames to decode for ``n`` uniform samples, and how."""
+def plan_sampling(info: MediaInfo, n: int, span: Span | None = None) -> SamplingPlan:
+    """Chooses which frames to decode for ``n`` uniform samples of ``span`` (None: the whole
+    file, every frame of a clip with no more than ``n``), and how."""
     if not info.has_video:
-        raise MediaError(f"{os.path.basename(info.path)}: has no video stream")
+        raise MediaError("has no video stream", info.path)
     times = info.frame_times
     if info.is_image:
         return SamplingPlan("image", [0], [0], [0.0])
-    if window is None and len(times) <= n:
+    if span is None and len(times) <= n:
         return SamplingPlan("all", list(range(len(times))), list(range(len(times))), list(times))
-    start, end, lo, hi = _video_span(info, window)
+    start, end, lo, hi = _video_span(info, span)
     if hi - lo <= n:  # every frame of the window
         return _plan("full", list(range(lo, hi)), times)
     targets = segment_targets(start, end - start, n)
@@ -105,11 +105,21 @@ def frames_job(
     n: int,
     size: int,
     limits: MediaLimits,
-    window: Window | None = None,
+    span: Span | None = None,
     plan: SamplingPlan | None = None,
 ) -> FfmpegJob:
-    """The one decode pass that takes the planned frames, scaled to ``size`` x ``size``."""
-    plan = plan or plan_sampling(info, n, window)
+    """The one decode pass that takes the planned frames, scaled to ``size`` x ``size``; refuses,
+    before it runs, a plan that would decode more pixels than the budget."""
+    plan = plan or plan_sampling(info, n, span)
+    cost = decoded_frames(info, plan) * info.width * info.height
+    if cost > limits.max_decode_pixels:
+        raise MediaLimitError(
+            f"sampling its frames means decoding {decoded_frames(info, plan)} frames of {info.width}x{info.height} "
+            f"({cost / 1e6:,.0f} M pixels), over this service's limit of {limits.max_decode_pixels / 1e6:,.0f} M "
+            "pixels per file (AVCHAT_MAX_DECODE_PIXELS); send a shorter or smaller clip, or pick a window "
+            "with start/end",
+            path,
+        )
     decoder = ["-max_pixels", str(limits.max_pixels)]
     if plan.mode == "keyframe":
         decoder += ["-skip_frame", "nokey"]
@@ -146,24 +156,42 @@ def frames_job(
         if plan.mode == "keyframe" and out.marks[_SHOWINFO] != len(info.keyframe_times) and out.returncode == 0:
             # The decoder skipped keyframes the probe listed (open GOP), so indices would not match:
             # the caller runs this full decode instead.
-            return frames_job(path, info, n, size, limits, window, _full_plan(info, n, window))
+            return frames_job(path, info, n, size, limits, span, _full_plan(info, n, span))
         return assemble_frames(path, plan, out, size)
 
-    return FfmpegJob(args, "decode the video", parse, limits, max_stdout=count * size * size * 3, markers=(_SHOWINFO,))
+    return FfmpegJob(
+        args,
+        "decode the video",
+        parse,
+        limits,
+        max_stdout=count * size * size * 3,
+        markers=(_SHOWINFO,),
+        cost=cost,
+    )
 
 
-def _full_plan(info: MediaInfo, n: int, window: Window | None) -> SamplingPlan:
-    start, end, lo, hi = _video_span(info, window)
+def decoded_frames(info: MediaInfo, plan: SamplingPlan) -> int:
+    """Frames ffmpeg decodes for a plan: every keyframe in keyframe mode, else every frame up to
+    the last one wanted (the decoder starts at the beginning of the stream)."""
+    if plan.mode == "keyframe":
+        return len(info.keyframe_times)
+    if plan.mode == "image":
+        return 1
+    return (plan.wanted[-1] + 1) if plan.wanted else 0
+
+
+def _full_plan(info: MediaInfo, n: int, span: Span | None) -> SamplingPlan:
+    start, end, lo, hi = _video_span(info, span)
     times = info.frame_times
     if hi - lo <= n:
         return _plan("full", list(range(lo, hi)), times)
     return _plan("full", [_nearest(times, t, lo, hi) for t in segment_targets(start, end - start, n)], times)
 
 
-def _video_span(info: MediaInfo, window: Window | None) -> tuple[float, float, int, int]:
-    """The part of the video stream inside the window: (start, end) in seconds and the range of
+def _video_span(info: MediaInfo, span: Span | None) -> tuple[float, float, int, int]:
+    """The part of the video stream inside the span: (start, end) in seconds and the range of
     frame indices in it (at least one frame: the nearest)."""
-    w_start, w_end = (window or Window()).bounds(info)
+    w_start, w_end = (span or whole(info)).start, (span or whole(info)).end
     start, end = max(w_start, info.video_start), min(w_end, info.video_end)
     times = info.frame_times
     if end <= start:  # the window misses the video stream: its nearest frame
@@ -176,17 +204,16 @@ def _video_span(info: MediaInfo, window: Window | None) -> tuple[float, float, i
 
 def assemble_frames(path: str, plan: SamplingPlan, out: JobOutput, size: int) -> Frames:
     """Turns ffmpeg's raw output into the sampled frames, in target order."""
-    name = os.path.basename(path)
     frame_bytes = size * size * 3
     count = len(out.stdout) // frame_bytes
     if count == 0:
         if out_of_memory(out.stderr):
             raise MediaLimitError(
-                f"{name}: decoding the video needs more memory than ffmpeg is allowed (AVCHAT_FFMPEG_MEMORY_BYTES)"
+                "decoding the video needs more memory than ffmpeg is allowed (AVCHAT_FFMPEG_MEMORY_BYTES)", path
             )
         if out.returncode != 0:
-            raise MediaError(f"{name}: the video stream could not be decoded ({error_summary(out.stderr)})")
-        raise MediaError(f"{name}: the video stream is corrupt: ffmpeg decoded no frame from it")
+            raise MediaError(f"the video stream could not be decoded ({error_summary(out.stderr, path)})", path)
+        raise MediaError("the video stream is corrupt: ffmpeg decoded no frame from it", path)
     decoded = np.frombuffer(out.stdout[: count * frame_bytes], dtype=np.uint8).reshape(count, size, size, 3)
     # Frames come out in index order; if the decoder lost some at the end, later targets take the last one.
     picks = [min(k, count - 1) for k in plan.order]
@@ -196,24 +223,17 @@ def assemble_frames(path: str, plan: SamplingPlan, out: JobOutput, size: int) ->
 # -- audio -----------------------------------------------------------------------------------------
 
 
-def audio_job(
-    path: str, info: MediaInfo, limits: MediaLimits, max_seconds: float | None = 30.0, window: Window | None = None
-) -> FfmpegJob:
-    """16 kHz mono float32 PCM of ``max_seconds`` from the window's start."""
-    start = 0.0
-    seconds = max_seconds
-    if window is not None:
-        start, end = window.bounds(info)
-        span = end - start
-        seconds = span if seconds is None else min(seconds, span)
-    seek = ["-ss", f"{start:.3f}"] if start > 0 else []
-    out_opts = ["-t", f"{seconds:.3f}"] if seconds is not None else []
+def audio_job(path: str, info: MediaInfo, limits: MediaLimits, max_seconds: float | None, span: Span) -> FfmpegJob:
+    """16 kHz mono float32 PCM of ``max_seconds`` (None: all of it) from the span's start."""
+    seconds = span.duration if max_seconds is None else min(max_seconds, span.duration)
+    seek = ["-ss", f"{span.start:.3f}"] if span.start > 0 else []
     args = command(
         *input_args(path, limits, info.forced_format, *seek),
         "-map",
         "0:a:0",
         "-vn",
-        *out_opts,
+        "-t",
+        f"{seconds:.3f}",
         "-ac",
         "1",
         "-ar",
@@ -222,13 +242,12 @@ def audio_job(
         "f32le",
         "pipe:",
     )
-    longest = (seconds if seconds is not None else info.duration) + 1
     return FfmpegJob(
         args,
         "decode the audio",
         lambda out: parse_audio(path, out),
         limits,
-        max_stdout=int(longest * AUDIO_SAMPLE_RATE * 4),
+        max_stdout=int((seconds + 1) * AUDIO_SAMPLE_RATE * 4),
     )
 
 
@@ -236,10 +255,9 @@ def parse_audio(path: str, out: JobOutput) -> np.ndarray:
     if out.returncode != 0 and not out.stdout:
         if out_of_memory(out.stderr):
             raise MediaLimitError(
-                f"{os.path.basename(path)}: decoding the audio needs more memory than ffmpeg is "
-                "allowed (AVCHAT_FFMPEG_MEMORY_BYTES)"
+                "decoding the audio needs more memory than ffmpeg is allowed (AVCHAT_FFMPEG_MEMORY_BYTES)", path
             )
-        raise MediaError(f"{os.path.basename(path)}: the audio could not be decoded ({error_summary(out.stderr)})")
+        raise MediaError(f"the audio could not be decoded ({error_summary(out.stderr, path)})", path)
     return np.frombuffer(out.stdout[: len(out.stdout) // 4 * 4], dtype=np.float32).copy()
 
 

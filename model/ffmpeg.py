@@ -13,6 +13,7 @@ in this thread, and the service's asyncio runner runs the same jobs through
 from __future__ import annotations
 
 import os
+import re
 import resource
 import selectors
 import shutil
@@ -55,6 +56,27 @@ def ffmpeg_exe() -> str:
     return imageio_ffmpeg.get_ffmpeg_exe()
 
 
+class FfmpegMissing(RuntimeError):
+    """The ffmpeg binary cannot be run (missing, not executable, or older than 5.1)."""
+
+
+def check_ffmpeg(timeout: float = 10.0) -> str:
+    """ffmpeg's version line, once it has answered ``-version``; raises :class:`FfmpegMissing`."""
+    exe = ffmpeg_exe()
+    hint = "set AVCHAT_FFMPEG to an ffmpeg 5.1 or newer, or install one"
+    try:
+        out = subprocess.run([exe, "-hide_banner", "-version"], capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise FfmpegMissing(f"ffmpeg is not usable ({exe}: {exc.__class__.__name__}: {exc}); {hint}") from None
+    line = out.stdout.decode("utf-8", "replace").split("\n", 1)[0].strip()
+    if out.returncode != 0 or not line.startswith("ffmpeg version"):
+        raise FfmpegMissing(f"ffmpeg is not usable ({exe} -version exited {out.returncode}); {hint}")
+    m = re.match(r"ffmpeg version n?(\d+)\.(\d+)", line)
+    if m and (int(m.group(1)), int(m.group(2))) < (5, 1):
+        raise FfmpegMissing(f"ffmpeg {m.group(1)}.{m.group(2)} is too old ({exe}); {hint}")
+    return line
+
+
 @dataclass
 class JobOutput:
     returncode: int
@@ -76,6 +98,7 @@ class FfmpegJob:
     consume: Callable[[bytes], None] | None = None  # stdout parsed as it streams (the probe)
     max_stdout: int = 0  # collected stdout beyond this kills the job
     markers: tuple[str, ...] = ()
+    cost: int = 0  # pixels it decodes (frames x width x height): how heavy it is, known before it runs
 
 
 class OutputCollector:
@@ -130,9 +153,7 @@ def cap_memory(pid: int, limits: MediaLimits) -> None:
 
 
 def timeout_error(path: str, timeout: float, what: str) -> MediaError:
-    return MediaError(
-        f"{os.path.basename(path)}: ffmpeg took longer than {timeout:.0f} s to {what}; the file is too long or damaged"
-    )
+    return MediaError(f"ffmpeg took longer than {timeout:.0f} s to {what}; the file is too long or damaged", path)
 
 
 def run_job(job: FfmpegJob, path: str) -> Any:
@@ -167,10 +188,18 @@ def run_job(job: FfmpegJob, path: str) -> Any:
     return job.parse(out.result(returncode))
 
 
-def error_summary(stderr: str) -> str:
+_NOISE = ("ffmpeg version", "built with", "configuration:", "lib", "...", "Last message repeated")
+
+
+def error_summary(stderr: str, path: str | None = None) -> str:
+    """ffmpeg's last useful line, without the file's path (a temp path is nobody's business)."""
     lines = [ln.strip() for ln in stderr.splitlines() if ln.strip()]
-    useful = [ln for ln in lines if not ln.startswith(("ffmpeg version", "built with", "configuration:", "lib", "..."))]
-    return (useful[-1] if useful else "ffmpeg failed")[:300]
+    useful = [ln for ln in lines if not ln.startswith(_NOISE)]
+    line = useful[-1] if useful else "ffmpeg failed"
+    if path is not None:
+        full = os.path.abspath(path)
+        line = line.replace(f"file:{full}: ", "").replace(f"{full}: ", "").replace(full, "the file")
+    return line[:300]
 
 
 def out_of_memory(stderr: str) -> bool:

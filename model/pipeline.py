@@ -24,10 +24,21 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .config import MODALITIES, AVChatConfig
+from . import modalities as _modalities
+from .config import AVChatConfig
 from .decoding import audio_job, frames_job
 from .ffmpeg import FfmpegJob, run_job
-from .media import AUDIO_SAMPLE_RATE, Frames, MediaInfo, MediaLimits, MissingStream, Window, check_budget, check_file
+from .media import (
+    AUDIO_SAMPLE_RATE,
+    Frames,
+    MediaInfo,
+    MediaLimits,
+    MissingStream,
+    Window,
+    check_budget,
+    check_file,
+    whole,
+)
 from .probe import probe_job
 
 
@@ -90,23 +101,22 @@ def decode_steps(
     returns the :class:`Media`. Only the streams in ``modalities`` (default: what the model was
     trained on) that the file has are decoded."""
     limits = limits or MediaLimits.from_env()
-    use = set(modalities if modalities is not None else config.modalities)
-    forced = check_file(path)
+    use = used(modalities, config)
+    forced = check_file(path, limits)
     info: MediaInfo = (yield [probe_job(path, limits, forced)])[0]
     check_budget(info, limits)
-    start, end = (window or Window()).bounds(info) if window is not None else (0.0, info.duration)
+    span = window.resolve(info) if window is not None else None  # resolved once, passed down
+    start, end = (span or whole(info)).start, (span or whole(info)).end
     want_video = "video" in use and info.has_video
     want_audio = "audio" in use and info.has_audio and not info.is_image
     if not want_video and not want_audio:
         have = " and ".join(s for s, h in (("video", info.has_video), ("audio", info.has_audio)) if h) or "nothing"
-        raise MissingStream(
-            f"{_name(path)}: has no {' or '.join(sorted(use)) or 'usable'} stream to use (it has {have})"
-        )
+        raise MissingStream(f"has no {' or '.join(sorted(use)) or 'usable'} stream to use (it has {have})", path)
     jobs = []
     if want_video:
-        jobs.append(frames_job(path, info, config.num_frames, config.image_size, limits, window))
+        jobs.append(frames_job(path, info, config.num_frames, config.image_size, limits, span))
     if want_audio:
-        jobs.append(audio_job(path, info, limits, config.audio_seconds, window))
+        jobs.append(audio_job(path, info, limits, config.audio_seconds, span or whole(info)))
     results = yield jobs
     frames = results[0] if want_video else None
     if isinstance(frames, FfmpegJob):  # the keyframe plan did not hold: the full decode it asked for
@@ -143,12 +153,6 @@ def decode(
 ) -> Media:
     """Probes once, then decodes the frames and the audio the caller asked for."""
     return run_steps(decode_steps(str(path), config, modalities, window, limits), str(path))
-
-
-def _name(path: str) -> str:
-    import os
-
-    return os.path.basename(path)
 
 
 # -- preprocess, encode, project ------------------------------------------------------------------
@@ -212,11 +216,7 @@ class Prompt:
 
 def used(modalities: Sequence[str] | None, config: AVChatConfig) -> set[str]:
     """The modalities a request uses: what it asked for, else what the model was trained on."""
-    use = set(modalities if modalities is not None else config.modalities)
-    bad = use - set(MODALITIES)
-    if bad:
-        raise ValueError(f"modalities takes audio and/or video, not {', '.join(sorted(bad))}")
-    return use
+    return set(_modalities.check(modalities) if modalities is not None else config.modalities)
 
 
 def prompt(

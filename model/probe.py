@@ -4,7 +4,6 @@ stream description ffmpeg prints on stderr for the rotation."""
 
 from __future__ import annotations
 
-import os
 import re
 
 from .ffmpeg import FfmpegJob, JobOutput, command, error_summary, input_args, out_of_memory, run_job
@@ -67,8 +66,9 @@ class ProbeParser:
         self.count += 1
         if self.count > self.limits.max_packets:
             raise MediaLimitError(
-                f"{os.path.basename(self.path)}: the file has more than {self.limits.max_packets} "
-                "packets, over this service's limit (AVCHAT_MAX_PACKETS)"
+                f"the file has more than {self.limits.max_packets} packets, over this service's limit "
+                "(AVCHAT_MAX_PACKETS)",
+                self.path,
             )
         idx, dts, pts, duration = int(parts[0]), int(parts[1]), int(parts[2]), int(parts[3])
         flags = _KEY
@@ -86,24 +86,25 @@ class ProbeParser:
             self.packets[idx].append((pts, duration, bool(flags & _KEY)))
 
     def finish(self, out: JobOutput) -> MediaInfo:
-        name = os.path.basename(self.path)
+        path = self.path
         if self.partial:
             self.feed(b"\n")
         if out.returncode != 0:
             if "Format not on whitelist" in out.stderr:
                 raise NotAContainerError(
-                    f"{name}: not a video container this service opens (it takes mp4/mov, "
-                    "mkv/webm, avi, flv, mpeg-ts, ogg, wav, mp3, flac, aac and still images)"
+                    "not a video container this service opens (it takes mp4/mov, "
+                    "mkv/webm, avi, flv, mpeg-ts, ogg, wav, mp3, flac, aac and still images)",
+                    path,
                 )
             if out_of_memory(out.stderr):
-                raise MediaLimitError(f"{name}: reading the file needs more memory than ffmpeg is allowed")
-            raise MediaError(f"{name}: not a readable media file ({error_summary(out.stderr)})")
+                raise MediaLimitError("reading the file needs more memory than ffmpeg is allowed", path)
+            raise MediaError(f"not a readable media file ({error_summary(out.stderr, path)})", path)
         if out.marks.get("partial file"):
-            raise MediaError(f"{name}: the file is truncated (it ends before the data its index points to)")
+            raise MediaError("the file is truncated (it ends before the data its index points to)", path)
         video = next((i for i, k in self.kinds.items() if k == "video" and self.packets.get(i)), None)
         audio = next((i for i, k in self.kinds.items() if k == "audio" and i in self.spans), None)
         if video is None and audio is None:
-            raise MediaError(f"{name}: no usable audio or video stream (not a media file, or truncated)")
+            raise MediaError("no usable audio or video stream (not a media file, or truncated)", path)
         spans = {}
         for idx in (video, audio):
             if idx is not None:
@@ -164,4 +165,4 @@ def probe_job(path: str, limits: MediaLimits, forced: str | None = None) -> Ffmp
 def probe(path: str, limits: MediaLimits | None = None) -> MediaInfo:
     """Lists the streams and every video packet's time without decoding anything."""
     limits = limits or MediaLimits.from_env()
-    return run_job(probe_job(path, limits, check_file(path)), path)
+    return run_job(probe_job(path, limits, check_file(path, limits)), path)

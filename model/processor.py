@@ -12,6 +12,7 @@ Template (Bunny ``conv_bunny``)::
 
 from __future__ import annotations
 
+import math
 import os
 
 import numpy as np
@@ -20,21 +21,12 @@ import torch.nn.functional as F
 from transformers import WhisperFeatureExtractor
 
 from .config import AVChatConfig
+from .errors import ContextLengthError, TooManyMessages
+
+__all__ = ["AVChatProcessor", "ContextLengthError", "IGNORE_INDEX", "add_media_tokens"]
 
 IGNORE_INDEX = -100
 EOS = "<|endoftext|>"
-
-
-class ContextLengthError(ValueError):
-    """The prompt (media tokens included) plus the tokens to generate exceed the LLM's context."""
-
-    def __init__(self, needed: int, limit: int, prompt_tokens: int, max_new_tokens: int):
-        self.needed, self.limit, self.over = needed, limit, needed - limit
-        super().__init__(
-            f"the prompt needs {prompt_tokens} tokens (media included) and max_tokens asks for {max_new_tokens} more: "
-            f"{needed} in all, {self.over} over the model's context of {limit} tokens; "
-            "shorten the conversation or lower max_tokens"
-        )
 
 
 def add_media_tokens(tokenizer) -> None:
@@ -55,6 +47,9 @@ class AVChatProcessor:
         self.config = config
         self.audio_token_id = tokenizer.convert_tokens_to_ids(config.audio_token)
         self.video_token_id = tokenizer.convert_tokens_to_ids(config.video_token)
+        # No token covers more text than the longest one in the vocabulary: text longer than that
+        # many characters per free position cannot fit, whatever it says (checked before tokenizing).
+        self.max_token_chars = max(1, max((len(t) for t in tokenizer.get_vocab()), default=1))
         self.feature_extractor = WhisperFeatureExtractor(
             feature_size=config.audio_config.num_mel_bins,
             sampling_rate=16_000,
@@ -99,18 +94,32 @@ class AVChatProcessor:
             text = text.replace(token + "\n", "").replace(token, "")
         return text.strip()
 
+    def check_text_fits(self, messages: list, max_new_tokens: int = 0, media_tokens: int = 0) -> None:
+        """Refuses, in time linear in the text and before any tokenizing, a conversation that
+        cannot fit the context: more messages than the context has positions, or more text than
+        the free positions could hold at the longest token's length."""
+        limit = self.config.context_length
+        if len(messages) > limit:
+            raise TooManyMessages(f"the conversation has {len(messages)} messages; at most {limit} can fit the context")
+        chars = sum(len(t) for m in messages for t in _texts(m))
+        at_least = math.ceil(chars / self.max_token_chars)
+        if at_least + media_tokens + max_new_tokens > limit:
+            prompt = at_least + media_tokens
+            raise ContextLengthError(prompt + max_new_tokens, limit, prompt, max_new_tokens, at_least=True)
+
     def segments(
         self, messages: list[dict], has_audio: bool, has_video: bool, add_generation_prompt: bool = True
     ) -> list[tuple[str, bool]]:
         """The prompt as (text, learned) pieces: answers and their EOS are learned, the rest not."""
         system = self.config.system_prompt
         turns = []
-        for m in messages:
-            role, content = m.get("role"), m.get("content")
-            if isinstance(content, list):  # OpenAI content parts: keep the text ones
-                content = "".join(p.get("text", "") for p in content if p.get("type") == "text")
-            if not isinstance(content, str):
-                raise ValueError(f"message content must be text, got {type(content).__name__}")
+        for i, m in enumerate(messages):
+            role = m.get("role")
+            content = "".join(_texts(m))
+            try:
+                content.encode("utf-8")
+            except UnicodeEncodeError:
+                raise ValueError(f"message {i}'s text is not valid Unicode (it holds a lone surrogate)") from None
             content = self._clean(content)  # in every role: a typed placeholder would break the count check
             if role == "system":
                 system = content or system
@@ -162,6 +171,8 @@ class AVChatProcessor:
     ) -> tuple[list[int], list[int], dict[str, int]]:
         """Token ids, labels and token counts of a chat; raises ``ContextLengthError`` when the
         prompt plus ``max_new_tokens`` cannot fit the context."""
+        media = has_audio * self.config.audio_tokens + has_video * self.config.video_tokens
+        self.check_text_fits(messages, max_new_tokens, media)
         ids, labels = self.tokenize(self.segments(messages, has_audio, has_video, add_generation_prompt))
         limit = self.config.context_length
         if len(ids) + max_new_tokens > limit:
@@ -170,5 +181,14 @@ class AVChatProcessor:
         n_video = ids.count(self.video_token_id)
         return ids, labels, {"audio": n_audio, "video": n_video, "text": len(ids) - n_audio - n_video}
 
-    def decode(self, ids) -> str:
-        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+def _texts(message: dict) -> list[str]:
+    """The text of a message: its content, or its text parts (OpenAI content parts)."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return [content]
+    if isinstance(content, list):
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if all(isinstance(t, str) for t in texts):
+            return texts
+    raise ValueError(f"message content must be text, got {type(content).__name__}")

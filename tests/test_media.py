@@ -174,19 +174,15 @@ def test_a_time_window_samples_inside_it_and_audio_starts_at_its_start(tmp_path)
 
 
 @pytest.mark.parametrize(
-    "window, fragment",
-    [
-        (Window(12, None), "past the end"),
-        (Window(2, 1), "before end"),
-        (Window(-1, 3), "at least 0"),
-        (Window(0, 50), "past the end"),
-    ],
+    "start, end, fragment",
+    [(12, None, "past the end"), (2, 1, "after start"), (-1, 3, "from 0"), (0, 50, "past the end")],
 )
-def test_a_window_outside_the_file_is_refused(clips, window, fragment):
+def test_a_window_outside_the_file_is_refused(clips, start, end, fragment):
+    """A window that is not one is refused when made; one past the file when checked against it."""
     from model.media import InvalidWindow
 
     with pytest.raises(InvalidWindow, match=fragment):
-        decode(str(clips["dense_keys"].with_name("cfr.mp4")), CONFIG, window=window)
+        decode(str(clips["dense_keys"].with_name("cfr.mp4")), CONFIG, window=Window(start, end))
 
 
 def test_file_without_audio(media_dir):
@@ -370,3 +366,68 @@ def test_ffmpeg_runs_under_the_memory_cap(media_dir):
     """A cap far below what decoding needs makes ffmpeg fail cleanly: a MediaError, not a crash."""
     with pytest.raises(MediaError):
         frames_of(media_dir / "vllama_boat.mp4", limits=MediaLimits(memory_bytes=64 * 1024**2))
+
+
+def test_the_decode_budget_counts_the_frames_ffmpeg_decodes_before_it_starts(tmp_path):
+    """640x480, 240 frames, one keyframe: 100 samples need ~240 frames decoded (74 M pixels)."""
+    clip = tmp_path / "vga.mp4"
+    ffmpeg(*lavfi("testsrc2=size=640x480:rate=30:duration=8"), *H264, "-g", "300", str(clip))
+    started = time.perf_counter()
+    with pytest.raises(MediaLimitError, match="AVCHAT_MAX_DECODE_PIXELS") as err:
+        decode(str(clip), CONFIG, ["video"], limits=MediaLimits(max_decode_pixels=60_000_000))
+    assert time.perf_counter() - started < 2 and err.value.path == str(clip)
+    span = decode(str(clip), CONFIG, ["video"], Window(0, 2), MediaLimits(max_decode_pixels=60_000_000))
+    assert len(span.frames.timestamps) == 60  # every frame of a 2 s window: 18 M pixels, inside the budget
+
+
+def _png_with_chunk(path, kind: bytes, data: bytes) -> bytes:
+    import struct
+    import zlib
+
+    ffmpeg(*lavfi("color=c=red:size=16x16"), "-frames:v", "1", str(path))
+    png = path.read_bytes()
+    chunk = struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    return png[:33] + chunk + png[33:]
+
+
+def test_a_png_with_big_compressed_text_is_refused_before_ffmpeg_inflates_it(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(_png_with_chunk(tmp_path / "red.png", b"zTXt", b"Comment\0\0" + b"x" * 70_000))
+    with pytest.raises(MediaLimitError, match="compressed text"):
+        check_file(str(bomb))
+    fine = tmp_path / "fine.png"
+    fine.write_bytes(_png_with_chunk(tmp_path / "red2.png", b"tEXt", b"Comment\0" + b"hello"))
+    assert check_file(str(fine)) == "png_pipe"
+
+
+def test_a_png_over_the_pixel_limit_is_refused_from_its_header(tmp_path):
+    ffmpeg(*lavfi("color=c=red:size=300x300"), "-frames:v", "1", str(tmp_path / "big.png"))
+    with pytest.raises(MediaLimitError, match="300x300"):
+        check_file(str(tmp_path / "big.png"), MediaLimits(max_pixels=200 * 200))
+
+
+def test_a_media_error_carries_its_file_and_reason_apart(tmp_path):
+    junk = tmp_path / "junk.mp4"
+    junk.write_bytes(b"\0\0\0\x18ftypisom" + bytes(range(256)) * 16)
+    with pytest.raises(MediaError) as err:
+        decode(str(junk), CONFIG)
+    assert err.value.path == str(junk) and str(tmp_path) not in err.value.reason
+    assert str(err.value).startswith(str(junk) + ": ")  # the command line shows both
+
+
+def test_the_media_budgets_have_one_reader_and_one_set_of_defaults(monkeypatch):
+    for variable in MediaLimits.ENV.values():
+        monkeypatch.delenv(variable, raising=False)
+    assert MediaLimits.from_env() == MediaLimits() and MediaLimits().max_seconds == 3600
+    monkeypatch.setenv("AVCHAT_MAX_VIDEO_SECONDS", "0")
+    monkeypatch.setenv("AVCHAT_MAX_DECODE_PIXELS", "123")
+    limits = MediaLimits.from_env()
+    assert limits.max_seconds is None and limits.max_decode_pixels == 123
+
+
+@pytest.mark.parametrize("start, end", [(-1, None), (3, 3), (0, float("nan")), (1e9, None)])
+def test_a_window_that_is_not_one_is_refused_when_made(start, end):
+    from model.media import InvalidWindow
+
+    with pytest.raises(InvalidWindow):
+        Window(start, end)

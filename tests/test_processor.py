@@ -1,8 +1,11 @@
+import time
+
 import numpy as np
 import pytest
 import torch
 
 from model import AVChatProcessor, ContextLengthError, pipeline
+from model.errors import TooManyMessages
 from model.pipeline import MediaTensors, decode, preprocess, prompt
 from model.presets import phi2_config, tiny_config
 from model.processor import IGNORE_INDEX
@@ -182,3 +185,33 @@ def test_modalities_drop_unused_streams(tiny, media_dir):
     assert not audio_only.video and audio_only.counts["video"] == 0 and audio_only.counts["audio"] == 64
     with pytest.raises(pipeline.MissingStream, match="no audio stream to use"):
         prompt(tiny.processor, [{"role": "user", "content": "?"}], MediaTensors(tensors.video, None), ["audio"])
+
+
+def test_text_that_cannot_fit_is_refused_before_it_is_tokenized(tiny):
+    huge = [{"role": "user", "content": "word " * 2_000_000}]  # 10 MB
+    started = time.perf_counter()
+    with pytest.raises(ContextLengthError, match="at least"):
+        tiny.processor.check_text_fits(huge)
+    assert time.perf_counter() - started < 0.5
+    with pytest.raises(TooManyMessages):
+        tiny.processor.check_text_fits([{"role": "user", "content": "a"}] * 3000)
+    fits = [{"role": "user", "content": "word " * 300}]
+    tiny.processor.check_text_fits(fits)  # never refuses what the tokenizer would fit
+    assert len(tiny.processor.encode_chat(fits, False, False)[0]) <= 2048
+
+
+def test_a_lone_surrogate_or_a_number_for_text_is_a_value_error(tiny):
+    for content in ("what \ud800", [{"type": "text", "text": 5}]):
+        with pytest.raises(ValueError, match="surrogate|must be text"):
+            prompt(tiny.processor, [{"role": "user", "content": content}], None)
+
+
+def test_one_modality_vocabulary_for_every_caller():
+    from model import modalities
+
+    assert modalities.check("audio+video") == ["audio", "video"] and modalities.check(["video", "video"]) == ["video"]
+    for bad in ("smell", [], {"a": 1}, [1]):
+        with pytest.raises(modalities.UnknownModality):
+            modalities.check(bad)
+    with pytest.raises(ValueError, match="smell"):
+        tiny_config().__class__(modalities=["smell"])

@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
+from model import modalities
+
 # The presets model.presets resolves (tests/test_training.py keeps the two lists equal; importing
 # model.presets here would load transformers before the arguments are even checked).
 PRESET_NAMES = ("tiny", "demo", "phi2-shape", "phi2")
@@ -146,9 +148,10 @@ def validate(cfg: TrainConfig, stage: str) -> list[str]:
     for m in cfg.data:
         if not os.path.exists(m):
             problems.append(f"data: {m}: no such file")
-    bad = set(cfg.modalities) - {"audio", "video"}
-    if bad or not cfg.modalities:
-        problems.append(f"modalities: use audio and/or video, not {sorted(bad) or 'nothing'}")
+    try:
+        modalities.check(cfg.modalities, "modalities")
+    except modalities.UnknownModality as exc:
+        problems.append(str(exc))
     if stage == "pretrain" and cfg.branch not in ("audio", "vision"):
         problems.append(f"branch: audio or vision, not {cfg.branch!r}")
     for name in (

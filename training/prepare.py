@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from model.decoding import audio_job
 from model.ffmpeg import run_job
-from model.media import AUDIO_SAMPLE_RATE, MediaError, MediaLimits
+from model.media import AUDIO_SAMPLE_RATE, MediaError, MediaLimits, whole
 from model.probe import probe
 
 from . import jsonl
@@ -228,7 +228,7 @@ def extract_wav(video: str, wav: Path) -> None:
     wav.parent.mkdir(parents=True, exist_ok=True)
     try:
         info = probe(video)
-        pcm = run_job(audio_job(video, info, MediaLimits.from_env(), max_seconds=None), video)
+        pcm = run_job(audio_job(video, info, MediaLimits.from_env(), None, whole(info)), video)
     except MediaError as exc:
         raise Skip(f"audio extraction failed: {exc}") from None
     tmp = wav.with_suffix(".tmp.wav")
