@@ -103,6 +103,7 @@ def child(dtype_name: str, frames: int, variants: bool) -> dict:
     import torch
 
     from model import AVChatModel
+    from model.generation import answer
     from model.pipeline import decode, encode, preprocess, project, prompt, prompt_embeds
 
     torch.manual_seed(0)
@@ -157,10 +158,7 @@ def child(dtype_name: str, frames: int, variants: bool) -> dict:
     embeddings = project(model, encode(model, [preprocess(model.processor, media)]))[0]
     encoded = time.perf_counter()
     p = prompt(model.processor, [{"role": "user", "content": "What is happening, and what do you hear?"}], embeddings)
-    with torch.inference_mode():
-        generated = list(
-            model.generate(prompt_embeds(model, p, embeddings), max_new_tokens=DECODE_TOKENS, eos_token_id=-1)
-        )
+    _, generated, _ = answer(model, prompt_embeds(model, p, embeddings), DECODE_TOKENS, ignore_eos=True)
     end = time.perf_counter()
     out["e2e"] = {
         "total_s": end - start,
@@ -169,7 +167,7 @@ def child(dtype_name: str, frames: int, variants: bool) -> dict:
         "llm_s": end - encoded,
         "frames": media.report.frames,
         "counts": p.counts,
-        "generated": len(generated),
+        "generated": generated,
     }
 
     if variants:

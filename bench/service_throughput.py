@@ -47,9 +47,9 @@ def workload(n: int, tmp: Path) -> list[Path]:
 
 
 def baseline(paths: list[Path], max_tokens: int) -> tuple[float, list[float]]:
-    import torch
 
     from model import AVChatModel, pipeline
+    from model.generation import generate_text
 
     model = AVChatModel.from_pretrained("tiny")
     ttfts = []
@@ -59,13 +59,12 @@ def baseline(paths: list[Path], max_tokens: int) -> tuple[float, list[float]]:
         t0 = time.perf_counter()
         _, embeddings = pipeline.embed_media(model, [str(path)])[0]
         prompt = pipeline.prompt(model.processor, [{"role": "user", "content": "What happens?"}], embeddings)
-        with torch.inference_mode():
-            embeds = pipeline.prompt_embeds(model, prompt, embeddings)
-            tokens = model.generate(embeds, max_new_tokens=max_tokens, temperature=1.0, seed=0)
-            next(tokens)
-            ttfts.append(time.perf_counter() - t0)
-            for _ in tokens:
-                pass
+        embeds = pipeline.prompt_embeds(model, prompt, embeddings)
+        deltas = generate_text(model, embeds, max_tokens, temperature=1.0, seed=0)
+        next(deltas)
+        ttfts.append(time.perf_counter() - t0)
+        for _ in deltas:
+            pass
     wall = time.perf_counter() - start
     return wall, ttfts, (_cpu_seconds() - cpu0) / wall
 

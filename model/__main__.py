@@ -61,22 +61,22 @@ def _ask(args: argparse.Namespace) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from .generation import TextStream
-    from .media import InvalidWindow, MediaError, Window
+    from .errors import ContextLengthError, InvalidWindow, MediaError
+    from .generation import generate_text
+    from .media import Window
+    from .modalities import UnknownModality
+    from .modalities import check as check_modalities
     from .modeling import AVChatModel
     from .pipeline import decode, encode, preprocess, project, prompt, prompt_embeds
-    from .processor import ContextLengthError
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if not os.path.exists(args.video):
         return _fail(f"{args.video}: no such file")
-    modalities = None
-    if args.modalities:
-        modalities = [m.strip() for m in args.modalities.split(",") if m.strip()]
-        bad = set(modalities) - {"audio", "video"}
-        if bad:
-            return _fail(f"--modalities takes audio and/or video, not {', '.join(sorted(bad))}")
+    try:
+        modalities = check_modalities(args.modalities, "--modalities") if args.modalities else None
+    except UnknownModality as exc:
+        return _fail(str(exc))
     if args.max_tokens < 1:
         return _fail("--max-tokens must be at least 1")
     source = args.checkpoint or args.preset or "demo"
@@ -100,17 +100,13 @@ def _ask(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     first = None
     generated = 0
-    stream = TextStream(model.tokenizer, eos_token_id=model.tokenizer.eos_token_id)
-    with torch.inference_mode():
-        embeds = prompt_embeds(model, p, embeddings)
-        for token in model.generate(
-            embeds, max_new_tokens=args.max_tokens, temperature=args.temperature, top_p=args.top_p, seed=args.seed
-        ):
-            first = first or time.perf_counter()
-            generated += 1
-            sys.stdout.write(stream.push(token))
-            sys.stdout.flush()
-        sys.stdout.write(stream.finish())
+    embeds = prompt_embeds(model, p, embeddings)
+    sampling = dict(temperature=args.temperature, top_p=args.top_p, seed=args.seed)
+    for delta in generate_text(model, embeds, args.max_tokens, **sampling):
+        first = first or time.perf_counter()
+        generated = delta.tokens
+        sys.stdout.write(delta.text)
+        sys.stdout.flush()
     end = time.perf_counter()
     counts, report = p.counts, media.report
     print()

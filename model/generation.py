@@ -1,5 +1,8 @@
-"""Generation helpers shared by the command line and both service engines: token sampling, and
-the streaming detokeniser that turns token ids into final text (stop strings applied).
+"""The model's last stage, generation, as every caller uses it (the command line, both
+evaluators, the service's transformers engine, the benchmarks): :func:`generate_text` turns a
+prompt embedding matrix into a stream of final text and a finish reason. Under it: token
+sampling, and the streaming detokeniser that turns token ids into final text (stop strings
+applied). :class:`AnswerText` holds the text rules every engine applies, vLLM's included.
 
 The detokeniser decodes only a short tail of the ids for each new token (as vLLM's incremental
 detokenisation does), and stop strings are matched with a Knuth-Morris-Pratt automaton per
@@ -8,6 +11,9 @@ whatever the stop strings are.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import torch
 
@@ -71,6 +77,22 @@ def _failure(pattern: str) -> list[int]:
     return table
 
 
+class AnswerText:
+    """The rules for an answer's text, whichever engine detokenises it: no separator space
+    before the answer (the template ends with "ASSISTANT:") and no U+FFFD from bytes that never
+    form a character."""
+
+    def __init__(self):
+        self.started = False
+
+    def __call__(self, text: str) -> str:
+        text = text.replace(REPLACEMENT, "")
+        if not self.started:
+            text = text.lstrip(" ")
+            self.started = bool(text)
+        return text
+
+
 class TextStream:
     """Token ids in, final text out: no half multi-byte character (and no U+FFFD from invalid
     bytes) and nothing that might still turn into a stop string is ever emitted; the separator
@@ -84,7 +106,7 @@ class TextStream:
         self.read = 0
         self.matcher = StopMatcher(stop or [])
         self.pending = ""  # read, not yet emitted (might be a stop string's start)
-        self.started = False
+        self.answer = AnswerText()
         self.finish_reason: str | None = None
 
     def _decode(self, ids: list[int]) -> str:
@@ -114,12 +136,10 @@ class TextStream:
             return ""  # half a character: wait for the rest
         new = after[len(before) :] if after.startswith(before) else after
         self.prefix, self.read = self.read, len(self.ids)
-        return new.replace(REPLACEMENT, "")  # bytes that never form a character
+        return new
 
     def _emit(self, new: str, everything: bool = False) -> str:
-        if not self.started:
-            new = new.lstrip(" ") if self.pending == "" else new
-            self.started = bool(new) or self.started
+        new = self.answer(new)
         end = self.matcher.feed(new)
         if end is not None:
             self.finish_reason = "stop"
@@ -131,3 +151,61 @@ class TextStream:
         keep = 0 if everything else min(self.matcher.held, len(text))
         self.pending = text[len(text) - keep :] if keep else ""
         return text[: len(text) - keep]
+
+
+@dataclass
+class TextDelta:
+    """A piece of the answer: text that became final, tokens generated so far, and on the last
+    piece why generation stopped ("stop": EOS or a stop string; "length": max_new_tokens)."""
+
+    text: str
+    tokens: int
+    finish_reason: str | None = None
+
+
+def generate_text(
+    model,
+    prompt_embeds: torch.Tensor,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+    stop: list[str] | None = None,
+    ignore_eos: bool = False,
+) -> Iterator[TextDelta]:
+    """Generates from a prompt embedding matrix ``(T, H)`` (:func:`model.pipeline.prompt_embeds`)
+    and detokenises as it goes: pieces of final text, the last one with its finish reason.
+    Closing the iterator stops the work. ``ignore_eos`` generates ``max_new_tokens`` whatever
+    (benchmarks)."""
+    eos = model.tokenizer.eos_token_id
+    stream = TextStream(model.tokenizer, stop, None if ignore_eos else eos)
+    tokens = model.generate(
+        prompt_embeds,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        seed=None if seed is None else seed % 2**64,
+        eos_token_id=-1 if ignore_eos else eos,
+    )
+    count = 0
+    try:
+        with torch.inference_mode():
+            for token in tokens:
+                count += 1
+                text = stream.push(token)
+                if stream.finish_reason:
+                    yield TextDelta(text, count, stream.finish_reason)
+                    return
+                if text:
+                    yield TextDelta(text, count)
+        yield TextDelta(stream.finish(), count, stream.finish_reason)
+    finally:
+        tokens.close()
+
+
+def answer(model, prompt_embeds: torch.Tensor, max_new_tokens: int, **sampling) -> tuple[str, int, str]:
+    """The whole answer of :func:`generate_text`: (text, tokens generated, finish reason)."""
+    text, last = [], TextDelta("", 0)
+    for last in generate_text(model, prompt_embeds, max_new_tokens, **sampling):
+        text.append(last.text)
+    return "".join(text), last.tokens, last.finish_reason

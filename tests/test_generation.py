@@ -94,3 +94,21 @@ def test_tiny_temperatures_are_greedy_and_never_nan():
     for t in (0.0, 1e-300, 1e-6):
         assert sample_token(logits, t, 1.0, g) == 1
     assert sample_token(logits, 1.0, 1e-300, g) == 1  # top_p that small keeps the top token only
+
+
+def test_one_generation_stage_streams_final_text_and_why_it_stopped(tiny):
+    from model.generation import answer, generate_text
+
+    embeds = tiny.merge_media(torch.tensor([tiny.tokenizer("USER: hi ASSISTANT:").input_ids]), None, None)[0]
+    pieces = list(generate_text(tiny, embeds, 12, ignore_eos=True))
+    assert pieces[-1].finish_reason == "length" and pieces[-1].tokens == 12
+    assert all(p.finish_reason is None for p in pieces[:-1]) and all(p.text for p in pieces[:-1])
+    text, tokens, finish = answer(tiny, embeds, 12, ignore_eos=True)
+    assert (text, tokens, finish) == ("".join(p.text for p in pieces), 12, "length")  # greedy: the same
+
+
+def test_the_answer_rules_every_engine_applies():
+    from model.generation import AnswerText
+
+    rules = AnswerText()
+    assert [rules(t) for t in (" ", "  Hi", " there\ufffd", " ")] == ["", "Hi", " there", " "]

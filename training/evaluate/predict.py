@@ -51,7 +51,7 @@ class LocalAnswerer:
 
     def ask_all(self, video: Path, questions: list[str]) -> list[str]:
         from model import pipeline
-        from model.generation import TextStream
+        from model.generation import answer
 
         model = self.model
         with self.lock:
@@ -65,10 +65,8 @@ class LocalAnswerer:
                     self.modalities,
                     max_new_tokens=self.max_tokens,
                 )
-                stream = TextStream(model.tokenizer, eos_token_id=model.tokenizer.eos_token_id)
-                embeds = pipeline.prompt_embeds(model, p, embeddings)
-                text = "".join(stream.push(t) for t in model.generate(embeds, max_new_tokens=self.max_tokens))
-                answers.append((text + stream.finish()).strip())
+                text, _, _ = answer(model, pipeline.prompt_embeds(model, p, embeddings), self.max_tokens)
+                answers.append(text.strip())
         return answers
 
 
