@@ -97,7 +97,7 @@ def test_padded_batch_matches_single_samples(tiny):
     a = prompt(tiny.processor, [{"role": "user", "content": "What is it?"}], a_t, add_generation_prompt=False)
     b = prompt(tiny.processor, [{"role": "user", "content": "and this longer one?"}], b_t, add_generation_prompt=False)
     batch = Collator(tiny.tokenizer.pad_token_id)(
-        [Example(a.ids, a.labels, a_t.video, a_t.audio), Example(b.ids, b.labels, b_t.video, None)]
+        [Example(a.ids, a.labels, raw=a_t), Example(b.ids, b.labels, raw=MediaTensors(b_t.video, None))]
     )
     with torch.no_grad():
         out = tiny(**encoder_features(tiny, batch)).logits

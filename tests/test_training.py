@@ -238,8 +238,8 @@ def test_feature_cache_matches_encoding_on_the_fly(manifests, tiny, tiny_home, t
         b = tiny(**encoder_features(tiny, collate([cached[0], cached[2]]))).loss
         c = tiny(**encoder_features(tiny, collate([cached[0], raw[2]]))).loss  # a batch mixing cached and raw
         d = tiny(**encoder_features(tiny, collate([raw[2], cached[0]]))).loss  # the other order
-    assert cached[0].video_cached and cached[0].video.shape == (829, tiny.config.vision_config.hidden_size)
-    assert not raw[0].video_cached and raw[0].video.shape[1:] == (3, 384, 384)
+    assert cached[0].raw.video is None and cached[0].cached.video.shape == (829, tiny.config.vision_config.hidden_size)
+    assert raw[0].cached.video is None and raw[0].raw.video.shape[1:] == (3, 384, 384)
     assert torch.allclose(a, b, atol=1e-4) and torch.allclose(a, c, atol=1e-4) and torch.allclose(a, d, atol=1e-4)
     again = _run(
         "training.prepare",
@@ -604,6 +604,7 @@ def _distinct_manifest(path: Path, sources: Path, n: int = 8) -> Path:
     return path
 
 
+@pytest.mark.timeout(1200)  # its torchrun has 900 s
 def test_torchrun_with_two_cpu_ranks_really_distributes(sources, tiny_home, tmp_path):
     data = _distinct_manifest(tmp_path / "eight.jsonl", sources)
     common = [
@@ -756,7 +757,7 @@ def test_audiocaps_keeps_the_ten_seconds_from_start_time(tiny, tiny_home, tmp_pa
     example = ManifestDataset([str(tmp_path / "ac.jsonl")], tiny.processor, ["audio"]).load(
         json.loads((tmp_path / "ac.jsonl").read_text().splitlines()[0]) | {"audio": str(audio / "yt0.wav")}
     )
-    mel = example.audio  # (80, 3000): 10 s of sound, then the padding of the 30 s window
+    mel = example.raw.audio  # (80, 3000): 10 s of sound, then the padding of the 30 s window
     assert mel[:, 900:1100].std() > mel[:, 1100:].std() * 2
 
 

@@ -11,16 +11,17 @@ the text are ignored: the processor places ``<audio>``/``<video>`` itself from w
 has and what the run uses.
 
 Each item carries, per stream, either the frozen encoders' features from a feature cache or the
-preprocessed raw media (``model.pipeline``'s decode and preprocess); the trainer runs the
-encoders on the raw ones. A sample that cannot be used (missing or corrupt media, too long for
-the context) is skipped and counted, never fatal: the dataset serves the next usable one
-instead and records the reason in the run's ``skipped.jsonl``.
+preprocessed raw media (``model.pipeline``'s decode and preprocess, one decode per file for all
+the streams wanted from it); the trainer runs the encoders on the raw ones. A sample that
+cannot be used (missing or corrupt media, too long for the context) is skipped and counted,
+never fatal: the dataset serves the next usable one instead and records the reason in the
+run's ``skipped.jsonl``.
 """
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -75,15 +76,25 @@ class SkipLog:
 
 @dataclass
 class Example:
-    """One sample: token ids and labels, and per stream either cached encoder features or the
-    preprocessed raw media (``*_cached`` says which)."""
+    """One sample: token ids and labels, and its media by what they hold: ``cached`` the frozen
+    encoders' outputs from a feature cache, ``raw`` preprocessed media the trainer still has to
+    encode. Each stream is in one of the two, or in neither (the sample or the run has none)."""
 
     ids: list[int]
     labels: list[int]
-    video: torch.Tensor | None = None  # (T + P, Cv) cached, or (F, 3, S, S) raw pixels
-    audio: torch.Tensor | None = None  # (64, Ca) cached, or (80, 3000) raw log-mel
-    video_cached: bool = False
-    audio_cached: bool = False
+    cached: pipeline.EncoderFeatures = field(default_factory=lambda: pipeline.EncoderFeatures(None, None))
+    raw: pipeline.MediaTensors = field(default_factory=lambda: pipeline.MediaTensors(None, None))
+
+    def has(self, kind: str) -> bool:
+        return getattr(self.cached, kind) is not None or getattr(self.raw, kind) is not None
+
+    def encoded(self, model) -> pipeline.EncoderFeatures:
+        """Every stream as encoder features: the cached ones as they are, the raw ones encoded."""
+        fresh = pipeline.encode(model, [self.raw])[0]
+        return pipeline.EncoderFeatures(
+            self.cached.video if self.cached.video is not None else fresh.video,
+            self.cached.audio if self.cached.audio is not None else fresh.audio,
+        )
 
 
 class ManifestDataset(Dataset):
@@ -126,35 +137,41 @@ class ManifestDataset(Dataset):
         if video_path is None and audio_path is None:
             raise ValueError("the sample has no media this run uses")
         example = Example([], [])
+        to_decode: dict[str, list[str]] = {}  # file -> the streams wanted from it: one decode each
         for kind, path in (("video", video_path), ("audio", audio_path)):
             if path is None:
                 continue
             cached = self.store.get(path, kind) if self.store else None
             if cached is not None:
-                setattr(example, kind, cached)
-                setattr(example, f"{kind}_cached", True)
-                continue
-            if not os.path.exists(path):
+                setattr(example.cached, kind, cached)
+            elif not os.path.exists(path):
                 raise FileNotFoundError(f"missing {kind} {path}")
-            window = Window(row["start"], row.get("end")) if kind == "audio" and "start" in row else None
-            media = _decode(path, self.processor.config, kind, window)
+            else:
+                to_decode.setdefault(path, []).append(kind)
+        for path, kinds in to_decode.items():
+            window = Window(row["start"], row.get("end")) if kinds == ["audio"] and "start" in row else None
+            media = _decode(path, self.processor.config, kinds, window)
             if media is not None:  # a video without a sound track: the audio branch is skipped
-                setattr(example, kind, getattr(pipeline.preprocess(self.processor, media), kind))
-        p = pipeline.prompt(self.processor, to_messages(row), example, add_generation_prompt=False)
+                tensors = pipeline.preprocess(self.processor, media)
+                for kind in kinds:
+                    setattr(example.raw, kind, getattr(tensors, kind))
+        streams = pipeline.MediaTensors(*(True if example.has(k) else None for k in ("video", "audio")))
+        p = pipeline.prompt(self.processor, to_messages(row), streams, add_generation_prompt=False)
         if self.max_length and len(p.ids) > self.max_length:
             raise ContextLengthError(len(p.ids), self.max_length, len(p.ids), 0)
         example.ids, example.labels = p.ids, p.labels
         return example
 
 
-def _decode(path: str, config, kind: str, window: Window | None = None) -> pipeline.Media | None:
-    """One stream of a file; None for the audio of a video without a sound track."""
+def _decode(path: str, config, kinds: list[str], window: Window | None = None) -> pipeline.Media | None:
+    """The streams of a file a sample wants, in one decode; None for the audio alone of a video
+    without a sound track."""
     try:
-        return pipeline.decode(path, config, [kind], window)
+        return pipeline.decode(path, config, kinds, window)
     except MissingStream:
-        if kind == "audio":
-            return None
-        raise
+        if "video" in kinds:
+            raise
+        return None
 
 
 class Collator:
@@ -175,13 +192,13 @@ class Collator:
             ids[i, :n], mask[i, :n], labels[i, :n] = torch.tensor(e.ids), 1, torch.tensor(e.labels)
         batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
         for kind in ("video", "audio"):
-            have = [e for e in examples if getattr(e, kind) is not None]
+            have = [e for e in examples if e.has(kind)]
             if not have:
                 continue
-            flags = [getattr(e, f"{kind}_cached") for e in have]
+            flags = [getattr(e.cached, kind) is not None for e in have]
             batch[f"{kind}_is_cached"] = torch.tensor(flags)
-            cached = [getattr(e, kind) for e, f in zip(have, flags) if f]
-            raw = [getattr(e, kind) for e, f in zip(have, flags) if not f]
+            cached = [getattr(e.cached, kind) for e, f in zip(have, flags) if f]
+            raw = [getattr(e.raw, kind) for e, f in zip(have, flags) if not f]
             if cached:
                 batch[f"{kind}_cached"] = torch.stack(cached)
             if raw:

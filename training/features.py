@@ -174,7 +174,7 @@ def build(args) -> int:
     from tqdm import tqdm
 
     from model import AVChatModel, pipeline
-    from model.media import MediaError, MissingStream
+    from model.media import MediaError
 
     rank, world = args.shard or _shard()
     device = args.device
@@ -192,16 +192,8 @@ def build(args) -> int:
         key = store.key_for(path)
         if key in store:
             return path, key, None, None
-        tensors = pipeline.MediaTensors(None, None)
-        try:
-            for kind in sorted(kinds):
-                try:
-                    got = pipeline.preprocess(model.processor, pipeline.decode(path, model.config, [kind]))
-                except MissingStream:
-                    if kind == "video" or "video" not in kinds:
-                        raise
-                    continue  # a video without a sound track
-                setattr(tensors, kind, getattr(got, kind))
+        try:  # one decode for every stream wanted from the file (a video without sound: video alone)
+            tensors = pipeline.preprocess(model.processor, pipeline.decode(path, model.config, sorted(kinds)))
         except MediaError as exc:
             return path, None, None, str(exc)
         return path, key, tensors, None

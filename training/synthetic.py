@@ -42,7 +42,7 @@ def evaluate(checkpoint: str | Path, test_manifest: Path, feature_cache: Path | 
     """Greedy answers on held-out questions; accuracy by question kind (an answer counts when
     every expected keyword, and no other option of the same field, appears in it)."""
     from model import AVChatModel, pipeline
-    from model.generation import TextStream
+    from model.generation import answer
 
     from .data import ManifestDataset, read_manifest, to_messages
     from .features import FeatureStore
@@ -54,19 +54,9 @@ def evaluate(checkpoint: str | Path, test_manifest: Path, feature_cache: Path | 
     samples = []
     for row in read_manifest(test_manifest):
         example = data.load(row)  # cached encoder features, or raw media to encode
-        raw = pipeline.MediaTensors(
-            None if example.video_cached else example.video, None if example.audio_cached else example.audio
-        )
-        fresh = pipeline.encode(model, [raw])[0]
-        features = pipeline.EncoderFeatures(
-            example.video if example.video_cached else fresh.video,
-            example.audio if example.audio_cached else fresh.audio,
-        )
-        embeddings = pipeline.project(model, [features])[0]
+        embeddings = pipeline.project(model, [example.encoded(model)])[0]
         p = pipeline.prompt(model.processor, to_messages(row)[:1], embeddings)
-        stream = TextStream(model.tokenizer, eos_token_id=model.tokenizer.eos_token_id)
-        tokens = model.generate(pipeline.prompt_embeds(model, p, embeddings), max_new_tokens=16)
-        out = ("".join(stream.push(t) for t in tokens) + stream.finish()).strip()
+        out = answer(model, pipeline.prompt_embeds(model, p, embeddings), 16)[0].strip()
         expected = row["conversations"][1]["value"]
         ok = _correct(out, expected, row["field"])
         per_kind.setdefault(row["kind"], []).append(int(ok))
