@@ -196,7 +196,7 @@ def main() -> int:
 
     engines = args.engines.split(",")
     if "transformers" in engines:
-        from service.engine import TransformersEngine
+        from service.transformers_engine import TransformersEngine
 
         engine = TransformersEngine(model, max_concurrency=max(levels))
         with GpuMemory(args.device) as mem:

@@ -1,22 +1,34 @@
-"""The routes: thin HTTP glue that calls one entry point each."""
+"""The routes: the HTTP edge. Each chat route parses its own request (``intake.py``), calls
+:meth:`ChatService.create <service.serving.ChatService.create>` and turns the value that comes
+back into a response: a completion into JSON, a stream into server-sent events ending
+``data: [DONE]``. A client that leaves mid-request cancels the work for it."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import time
 from pathlib import Path
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, PlainTextResponse
+from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 
-from .deps import Loaded, Ready
+from . import paths
+from .deps import Loaded, Ready, State
+from .errors import ClientGone
+from .intake import read_chat_completion, read_video_chat
+from .metrics import METRICS
 from .protocol import ChatCompletion, ErrorResponse, ModelCard, ModelList
+from .serving import ChatStream
 
 router = APIRouter()
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 415, 422, 503, 504)}
+ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 415, 422, 503, 504, 507)}
 STREAM = {
     "content": {"text/event-stream": {}, "application/json": {}},
     "description": "a chat.completion, or with stream=true server-sent chat.completion.chunk events ending "
     "`data: [DONE]`",
 }
+STATIC = Path(__file__).resolve().parent / "static"
 
 
 def _body(schema: str, media_type: str) -> dict:
@@ -28,28 +40,25 @@ def _body(schema: str, media_type: str) -> dict:
     }
 
 
-STATIC = Path(__file__).resolve().parent / "static"
-
-
-@router.get("/", include_in_schema=False)
+@router.get(paths.PAGE, include_in_schema=False)
 async def page() -> FileResponse:
     """The try-it page (plain HTML and JavaScript over this API; no build step, nothing from a CDN)."""
     return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
 
 
-@router.get("/health", tags=["operations"])
+@router.get(paths.HEALTH, tags=["operations"])
 async def health() -> dict:
     """Alive (answers while the model loads)."""
     return {"status": "ok"}
 
 
-@router.get("/ready", tags=["operations"], responses={503: {"model": ErrorResponse}})
+@router.get(paths.READY, tags=["operations"], responses={503: {"model": ErrorResponse}})
 async def ready(state: Ready) -> dict:
-    """200 once the model is loaded, 503 before."""
+    """200 while the service can answer: model loaded, ffmpeg usable, engine alive; 503 (and why) otherwise."""
     return {"status": "ready", "model": state.settings.model_id, "engine": state.engine.name}
 
 
-@router.get("/v1/models", tags=["openai"], responses=ERRORS)
+@router.get(paths.MODELS, tags=["openai"], responses=ERRORS)
 async def models(state: Ready) -> ModelList:
     """The served model, with the engine that runs it."""
     config = state.model.config
@@ -66,7 +75,7 @@ async def models(state: Ready) -> ModelList:
 
 
 @router.post(
-    "/v1/video/chat",
+    paths.VIDEO_CHAT,
     tags=["video"],
     response_model=ChatCompletion,
     responses={**ERRORS, 200: STREAM},
@@ -74,11 +83,13 @@ async def models(state: Ready) -> ModelList:
 )
 async def video_chat(request: Request, state: Ready):
     """Ask about an uploaded video or image (multipart: `video`, `image` or `video_id`, plus `prompt` or `messages`)."""
-    return await state.chat.handle(request, "/v1/video/chat")
+    started = time.perf_counter()
+    intake = await read_video_chat(request, state.settings, state.admission, state.model.processor)
+    return await _answer(request, state, intake, paths.VIDEO_CHAT, started)
 
 
 @router.post(
-    "/v1/chat/completions",
+    paths.CHAT_COMPLETIONS,
     tags=["openai"],
     response_model=ChatCompletion,
     responses={**ERRORS, 200: STREAM},
@@ -86,13 +97,57 @@ async def video_chat(request: Request, state: Ready):
 )
 async def chat_completions(request: Request, state: Ready):
     """OpenAI Chat Completions with a `video_url` or `image_url` content part."""
-    return await state.chat.handle(request, "/v1/chat/completions")
+    started = time.perf_counter()
+    intake = await read_chat_completion(request, state.settings, state.admission, state.model.processor)
+    return await _answer(request, state, intake, paths.CHAT_COMPLETIONS, started)
+
+
+async def _answer(request: Request, state: State, intake, route: str, started: float):
+    owner = request.scope.get("state", {}).get("owner", "")
+    try:
+        result = await _watch(request, state.chat.create(intake, owner))
+    finally:
+        intake.discard()  # already removed unless the request ended before the service took it
+    if isinstance(result, ChatStream):
+        return StreamingResponse(
+            _events(result, route, started),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+    METRICS.e2e.labels(route).observe(time.perf_counter() - started)
+    return JSONResponse(result.model_dump())
+
+
+async def _events(stream: ChatStream, route: str, started: float):
+    """Server-sent events: each chunk (or the in-band error) as ``data: {json}``, then ``[DONE]``."""
+    try:
+        async for item in stream:
+            yield f"data: {item.model_dump_json()}\n\n"
+        yield "data: [DONE]\n\n"
+    finally:
+        await stream.aclose()
+        METRICS.e2e.labels(route).observe(time.perf_counter() - started)
+
+
+async def _watch(request: Request, coro):
+    """Runs ``coro``, cancelling it (and the ffmpeg it runs) if the client disconnects."""
+    task = asyncio.ensure_future(coro)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise ClientGone()
+    finally:
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                await task
 
 
 def metrics_response() -> PlainTextResponse:
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-
-    from .metrics import METRICS
 
     return PlainTextResponse(generate_latest(METRICS.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -100,7 +155,7 @@ def metrics_response() -> PlainTextResponse:
 metrics_router = APIRouter()
 
 
-@metrics_router.get("/metrics", tags=["operations"], response_class=PlainTextResponse)
+@metrics_router.get(paths.METRICS, tags=["operations"], response_class=PlainTextResponse)
 async def metrics(state: Loaded) -> PlainTextResponse:
     """Prometheus metrics."""
     return metrics_response()

@@ -1,9 +1,10 @@
 """The FastAPI app: ``python -m service`` (or ``uvicorn --factory service.app:create_app``) serves
 the model named by ``AVCHAT_MODEL`` (default: the built-in ``demo``).
 
-Here: the lifespan (the model loads in the background; /ready says when), the middleware, and
-the one place where errors become HTTP answers. Routes are in ``api_router.py``, request logic
-in ``serving.py``.
+Here: the lifespan (ffmpeg is checked and the model loads in the background, /ready says
+when; an engine that dies stops the service), the middleware, and the one place where errors
+become HTTP answers. Routes are in ``api_router.py``, request parsing in ``intake.py``, request
+logic in ``serving.py``, admission in ``admission.py``.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import signal
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
@@ -19,12 +21,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from . import openapi
+from model.ffmpeg import FfmpegMissing, check_ffmpeg
+
+from . import openapi, reaper
+from .admission import Admission
 from .api_router import STATIC, metrics_router, router
 from .deps import State
 from .errors import ERROR_TABLE, describe, error_body
 from .metrics import METRICS
-from .middleware import AuthGuard, RequestContext
+from .middleware import AuthGuard, HostGuard, RequestContext
 from .settings import Settings, get_settings
 from .uploads import remove_stale_uploads
 
@@ -38,41 +43,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
+        state.loop = asyncio.get_running_loop()
         os.makedirs(settings.temp_dir, exist_ok=True)
-        removed = remove_stale_uploads(settings.temp_dir)
-        if removed:
-            log.info("removed uploads left by a stopped process", extra={"fields": {"files": removed}})
+        _sweep(settings)
+        guard = reaper.start_guard()
         if settings.metrics_port:
             from prometheus_client import start_http_server
 
             start_http_server(settings.metrics_port, registry=METRICS.registry)
         load = asyncio.create_task(_startup(state))
+        watch = asyncio.create_task(_watch_engine(state))
         yield
         load.cancel()
+        watch.cancel()
+        if state.chat is not None:
+            state.chat.stop()
         if state.engine is not None:
             await state.engine.close()
         if state.worker is not None:
             state.worker.close()
+        if guard is not None:
+            guard.poll()
 
     docs = settings.docs_open
     app = FastAPI(
         title="avchat",
         version="0.1.0",
         lifespan=lifespan,
-        docs_url="/docs" if docs else None,
-        redoc_url="/redoc" if docs else None,
+        docs_url=None,
+        redoc_url=None,
         openapi_url="/openapi.json" if docs else None,
         description="Audio-visual video chat: ask about a video, get an answer that uses what is heard "
         "as well as what is seen.",
     )
     app.state.avchat = state
     app.include_router(router)
+    if docs:
+        app.include_router(openapi.docs_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     if not settings.metrics_port:
         app.include_router(metrics_router)
     app.add_middleware(
         AuthGuard, keys=settings.api_keys, protect_metrics=settings.metrics_require_key, protect_docs=False
     )
+    app.add_middleware(HostGuard, names=settings.host_names)
     app.add_middleware(RequestContext)
     for kind, *_ in ERROR_TABLE:  # handled inside the middleware (logged, counted, given a request id)
         app.add_exception_handler(kind, _error)
@@ -84,9 +98,31 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+def _sweep(settings: Settings) -> None:
+    """What a killed process left: upload files, vLLM's processes and socket folders."""
+    left = {"uploads": remove_stale_uploads(settings.temp_dir), **reaper.sweep()}
+    if any(left.values()):
+        log.info("removed what a stopped process left", extra={"fields": left})
+
+
+async def _watch_engine(state: State, every_s: float = 0.5) -> None:
+    """An engine that dies makes the service unready and stops it with a non-zero exit (3), so
+    that its orchestrator (Docker, Kubernetes, systemd) starts a fresh one."""
+    while True:
+        await asyncio.sleep(every_s)
+        reason = state.engine.dead() if state.engine is not None else None
+        if reason is not None and state.fatal is None:
+            state.fatal = reason
+            METRICS.ready.set(0)
+            log.error("the generation engine died; stopping", extra={"fields": {"reason": reason}})
+            state.chat.stop()  # nothing can finish now: no drain
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+
+
 async def _error(request: Request, exc: Exception) -> JSONResponse:
     status, body, headers = describe(exc)
-    if status >= 500 and status != 503 and status != 504:
+    if status == 500:  # not a domain error: a bug, with its traceback in the log
         log.error("unhandled error", exc_info=exc)
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -113,6 +149,12 @@ async def _startup(state: State) -> None:
 
     settings = state.settings
     try:
+        version = await asyncio.to_thread(check_ffmpeg)
+    except FfmpegMissing as exc:
+        state.error = str(exc)
+        log.error("ffmpeg is not usable", extra={"fields": {"reason": state.error}})
+        return
+    try:
         kind = choose(settings.engine, settings.device)
         # With vLLM running the LLM, the service keeps only its embedding table (not a second copy).
         model = await asyncio.to_thread(_load_model, settings, kind == "vllm")
@@ -126,12 +168,14 @@ async def _startup(state: State) -> None:
             engine = create_engine("transformers", model, settings)
         state.model, state.engine = model, engine
         state.worker = MediaWorker(model, settings)
-        state.chat = ChatService(model, state.worker, engine, settings, generation_defaults(model))
+        state.admission = Admission(settings)
+        state.chat = ChatService(model, state.worker, engine, settings, generation_defaults(model), state.admission)
         METRICS.engine.labels(engine.name, settings.model_id).set(1)
         state.ready = True
-        log.info("ready", extra={"fields": {"model": settings.model, "engine": engine.name}})
+        METRICS.ready.set(1)
+        log.info("ready", extra={"fields": {"model": settings.model, "engine": engine.name, "ffmpeg": version}})
     except Exception as exc:
-        state.error = f"{type(exc).__name__}: {exc}"
+        state.error = f"the model failed to load: {type(exc).__name__}: {exc}"
         log.error("model load failed: %s", state.error)
 
 

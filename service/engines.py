@@ -8,9 +8,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 
-import torch
-
-from .engine import Engine, TransformersEngine
+from .engine import Engine
 
 log = logging.getLogger("avchat.engine")
 
@@ -25,6 +23,8 @@ def choose(kind: str, device: str) -> str:
         if not _vllm_installed():
             raise RuntimeError("AVCHAT_ENGINE=vllm but vLLM is not installed (pip install '.[vllm]')")
         return "vllm"
+    import torch
+
     on_gpu = torch.cuda.is_available() and str(device).startswith("cuda")
     return "vllm" if kind == "auto" and on_gpu and _vllm_installed() else "transformers"
 
@@ -34,4 +34,6 @@ def create_engine(kind: str, model, settings) -> Engine:
         from .vllm_engine import VLLMEngine
 
         return VLLMEngine.from_model(model, settings)
+    from .transformers_engine import TransformersEngine
+
     return TransformersEngine(model, settings.max_concurrency)

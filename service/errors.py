@@ -10,8 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from model.media import InvalidWindow, MediaError, MediaLimitError, NotAContainerError
-from model.processor import ContextLengthError
+from model.errors import (
+    ContextLengthError,
+    InvalidWindow,
+    MediaError,
+    MediaLimitError,
+    NotAContainerError,
+    TooManyMessages,
+)
+from model.modalities import UnknownModality
 
 
 class ServiceError(Exception):
@@ -68,6 +75,26 @@ class RequestTimedOut(ServiceError):
     """The request ran past the request timeout."""
 
 
+class WrongContentType(ServiceError):
+    """A body in a format the route does not take (JSON routes take only application/json)."""
+
+
+class HostNotAllowed(ServiceError):
+    """A Host header the service does not answer to (DNS rebinding)."""
+
+
+class StorageFull(ServiceError):
+    """The temp folder has no room for the upload."""
+
+
+class ShuttingDown(ServiceError):
+    """The service is stopping and the request could not finish inside the drain."""
+
+
+class EngineStopped(ServiceError):
+    """The generation engine died; the service is restarting."""
+
+
 class ClientGone(Exception):
     """The client disconnected; the work for it was cancelled."""
 
@@ -76,24 +103,37 @@ class ClientGone(Exception):
 # subclasses come before their bases.
 ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (BadParameter, 400, "invalid_request_error", None),
+    (HostNotAllowed, 400, "invalid_request_error", "invalid_host"),
     (MalformedBody, 400, "invalid_request_error", "malformed_body"),
     (FetchRefused, 400, "invalid_request_error", "fetch_failed"),
     (ContextLengthError, 400, "invalid_request_error", "context_length_exceeded"),
+    (TooManyMessages, 400, "invalid_request_error", "context_length_exceeded"),
+    (UnknownModality, 400, "invalid_request_error", None),
     (InvalidWindow, 400, "invalid_request_error", "invalid_window"),
     (MediaLimitError, 400, "invalid_request_error", "media_over_limit"),
     (Unauthorized, 401, "authentication_error", "invalid_api_key"),
     (UnknownVideo, 404, "not_found_error", "video_not_found"),
     (UploadTooSlow, 408, "timeout_error", "upload_too_slow"),
     (UploadTooLarge, 413, "payload_too_large", "upload_too_large"),
+    (WrongContentType, 415, "invalid_request_error", "unsupported_content_type"),
     (NotAContainerError, 415, "unsupported_media_type", "not_a_video"),
     (MediaError, 415, "unsupported_media_type", "invalid_media"),
     (InvalidFields, 422, "invalid_request_error", None),
     (ClientGone, 499, "client_closed", None),
     (AtCapacity, 503, "overloaded_error", None),
     (NotReady, 503, "service_unavailable", None),
+    (ShuttingDown, 503, "service_unavailable", "shutting_down"),
+    (EngineStopped, 503, "service_unavailable", "engine_stopped"),
     (RequestTimedOut, 504, "timeout_error", None),
+    (StorageFull, 507, "server_error", "insufficient_storage"),
 ]
-_PARAMS = {ContextLengthError: "max_tokens", InvalidWindow: "start", MediaError: "video"}
+_PARAMS = {
+    ContextLengthError: "max_tokens",
+    TooManyMessages: "messages",
+    UnknownModality: "input_modalities",
+    InvalidWindow: "start",
+    MediaError: "video",
+}
 
 
 def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
@@ -108,7 +148,12 @@ def describe(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         if isinstance(exc, kind):
             if isinstance(exc, ServiceError):
                 return status, error_body(exc.message, type_, exc.param, exc.code or code), exc.headers
-            message = "client closed the request" if isinstance(exc, ClientGone) else str(exc)
+            if isinstance(exc, ClientGone):
+                message = "client closed the request"
+            elif isinstance(exc, MediaError):  # the reason alone: the file is the service's temp file
+                message = exc.reason
+            else:
+                message = str(exc)
             param = next((p for k, p in _PARAMS.items() if isinstance(exc, k)), None)
             return status, error_body(message, type_, param, code), {}
     return 500, error_body("internal error; see the service log", "server_error"), {}

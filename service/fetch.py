@@ -18,6 +18,7 @@ import logging
 import os
 from urllib.parse import unquote, urlsplit
 
+from .admission import Upload
 from .errors import BadParameter, FetchRefused
 from .uploads import TempVideo, TempWriter
 
@@ -46,18 +47,23 @@ def _public(address: str) -> bool:
     return ip.is_global and not ip.is_multicast
 
 
-async def fetch_url(
-    url: str, allowed: list[str], temp_dir: str, limit: int, timeout: float, param: str = "video_url"
-) -> TempVideo:
-    """Downloads an allowed http(s) URL to a temp file, streaming."""
-    import httpx
-
-    parts = urlsplit(url)
-    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+def _split(url: str, param: str):
     try:
-        port = parts.port or DEFAULT_PORTS.get(scheme, 0)
-    except ValueError:
-        raise BadParameter(f"{param} has an invalid port", param=param) from None
+        parts = urlsplit(url)
+        return parts, parts.port
+    except ValueError:  # a malformed IPv6 literal, a port that is not a number
+        raise BadParameter(f"{param} is not a valid URL", param=param) from None
+
+
+async def fetch_url(
+    url: str, allowed: list[str], temp_dir: str, limit: int, timeout: float, place: Upload, param: str = "video_url"
+) -> TempVideo:
+    """Downloads an allowed http(s) URL to a temp file, streaming, all of it within ``timeout``
+    seconds; the file keeps the upload ``place`` (its rate counts, so a slow origin can lose it
+    to a faster upload)."""
+    parts, port = _split(url, param)
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = port or DEFAULT_PORTS.get(scheme, 0)
     if scheme not in DEFAULT_PORTS:
         raise BadParameter(f"{param} must be a data: URL or an http(s) URL", param=param)
     if (scheme, host, port) not in {parse_origin(a) for a in allowed}:
@@ -67,16 +73,19 @@ async def fetch_url(
             param=param,
             code="host_not_allowed",
         )
-    writer = None
-    try:
+    import httpx
+
+    state = {"writer": None}
+
+    async def download() -> TempVideo:
         loop = asyncio.get_running_loop()
-        infos = await asyncio.wait_for(loop.getaddrinfo(host, port, type=0, proto=6), timeout)
+        infos = await loop.getaddrinfo(host, port, type=0, proto=6)
         address = infos[0][4][0]
         if not _is_ip(host) and not _public(address):
             raise _Refused(f"{host} resolves to the non-public address {address}")
         target = parts._replace(netloc=f"[{address}]:{port}" if ":" in address else f"{address}:{port}").geturl()
         headers = {"Host": parts.netloc.rsplit("@", 1)[-1]}
-        writer = TempWriter(temp_dir, limit, param)
+        writer = state["writer"] = TempWriter(temp_dir, limit, param)
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=False, trust_env=False) as client:
             request = client.build_request(
                 "GET", target, headers=headers, extensions={"sni_hostname": host} if scheme == "https" else None
@@ -86,17 +95,23 @@ async def fetch_url(
                 if response.status_code != 200:
                     raise _Refused(f"HTTP {response.status_code}")
                 async for chunk in response.aiter_bytes():
+                    place.add(len(chunk))
                     writer.write(chunk)
             finally:
                 await response.aclose()
-        video, writer = writer.done(), None
-        return video
+        place.finished_receiving()
+        state["writer"] = None
+        return writer.done(place)
+
+    try:
+        # httpx's timeout is per read: the whole download has its own deadline.
+        return await asyncio.wait_for(download(), timeout)
     except (_Refused, OSError, asyncio.TimeoutError, httpx.HTTPError) as exc:
         log.warning("fetch failed", extra={"fields": {"url": f"{scheme}://{host}:{port}", "reason": str(exc)}})
         raise FetchRefused(UNIFORM, param=param) from None
     finally:
-        if writer is not None:
-            writer.discard()
+        if state["writer"] is not None:
+            state["writer"].discard()
 
 
 class _Refused(Exception):
@@ -112,10 +127,13 @@ def local_file(url: str, root: str | None, param: str = "video_url") -> TempVide
             param=param,
             code="local_files_not_allowed",
         )
-    parts = urlsplit(url)
+    parts, _ = _split(url, param)
     if parts.netloc not in ("", "localhost"):
         raise BadParameter("a file:// URL names a local path (file:///path/to/clip.mp4)", param=param)
-    path = os.path.realpath(unquote(parts.path))
+    name = unquote(parts.path)
+    if "\0" in name:
+        raise BadParameter("a file:// URL's path has a NUL byte in it", param=param)
+    path = os.path.realpath(name)
     base = os.path.realpath(root)
     if os.path.commonpath([path, base]) != base:
         raise BadParameter(

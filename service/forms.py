@@ -8,8 +8,11 @@ import json
 
 from pydantic import BaseModel, Field
 
+from model import modalities
+from model.media import Window
+
 from .errors import BadParameter, InvalidFields
-from .protocol import ChatRequest, MediaRef, SamplingFields, check_modalities, check_stop, validate, window_of
+from .protocol import MAX_NAME_CHARS, ChatRequest, MediaRef, SamplingFields, check_stop, form_messages, validate
 
 
 class VideoChatForm(BaseModel):
@@ -27,6 +30,7 @@ class VideoChatForm(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0, description="default: the checkpoint's (demo: greedy)")
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = None
+    ignore_eos: bool = Field(False, description="generate max_tokens whatever (vLLM's extra; for benchmarks)")
     stop: str | None = Field(None, description="a stop string, or a JSON array of up to 4")
     input_modalities: str | None = Field(None, description="audio,video (default), video, or audio")
     modalities: str | None = Field(None, description="the same as input_modalities (kept for older clients)")
@@ -54,6 +58,7 @@ def parse_form(fields: dict[str, str], file_field: str | None) -> ChatRequest:
         messages = _form_json(data["messages"], "messages")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise InvalidFields("`messages` must be a JSON array of {role, content} objects", param="messages")
+        messages = form_messages(messages)
         if "prompt" in data:
             raise BadParameter("send either messages or prompt, not both", param="messages")
     elif data.get("prompt", "").strip():
@@ -73,19 +78,23 @@ def parse_form(fields: dict[str, str], file_field: str | None) -> ChatRequest:
     return ChatRequest(
         messages=messages,
         media=media,
-        input_modalities=None if mods is None else check_modalities(mods, "input_modalities"),
-        window=window_of(sampling.start, sampling.end),
+        input_modalities=None if mods is None else modalities.check(mods, "input_modalities"),
+        window=Window.of(sampling.start, sampling.end),
         stream=stream,
         include_usage=include_usage,
         max_tokens=sampling.max_tokens,
         temperature=sampling.temperature,
         top_p=sampling.top_p,
         seed=sampling.seed,
+        ignore_eos=sampling.ignore_eos,
         stop=check_stop(stop),
     )
 
 
 def _form_media(data: dict, file_field: str | None) -> MediaRef | None:
+    for name in ("video_id", "uuid"):
+        if len(data.get(name, "")) > MAX_NAME_CHARS:
+            raise InvalidFields(f"{name}: at most {MAX_NAME_CHARS} characters", param=name)
     video_id = data.get("video_id")
     if file_field is not None and video_id:
         raise BadParameter("send either a file or a video_id, not both", param="video_id")

@@ -20,6 +20,7 @@ import hashlib
 import hmac
 import json
 import logging
+import shutil
 import subprocess
 import time
 from collections import OrderedDict
@@ -53,7 +54,7 @@ class CachedMedia:
 class FeatureCache:
     """LRU of :class:`CachedMedia` under a byte budget, plus each owner's uuid aliases."""
 
-    MAX_ALIASES = 100_000
+    MAX_ALIASES = 100_000  # names of at most 256 characters: under 60 MB in all
 
     def __init__(self, budget_bytes: int):
         self.budget = budget_bytes
@@ -93,10 +94,15 @@ class FeatureCache:
         return len(self._items)
 
 
-async def run_job(job: FfmpegJob, path: str):
-    """Runs an ffmpeg job as an asyncio subprocess; kills it on timeout or cancellation."""
+NICE = shutil.which("nice")
+
+
+async def run_job(job: FfmpegJob, path: str, low_priority: bool = False):
+    """Runs an ffmpeg job as an asyncio subprocess; kills it on timeout or cancellation.
+    ``low_priority`` runs it at the lowest CPU priority (nice 19), for the heavy lane."""
+    args = [NICE, "-n", "19", *job.args] if low_priority and NICE else job.args
     proc = await asyncio.create_subprocess_exec(
-        *job.args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        *args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     cap_memory(proc.pid, job.limits)
     out = OutputCollector(job)
@@ -138,7 +144,11 @@ class MediaWorker:
         self.settings = settings
         self.limits = settings.media_limits
         self.cache = FeatureCache(settings.feature_cache_bytes)
-        self._decodes = asyncio.Semaphore(settings.max_parallel_decodes)
+        # Two lanes: most files decode in the light one; a frame decode heavier than
+        # heavy_decode_pixels goes to its own lane, one at a time and at low CPU priority, so
+        # it cannot hold up the others.
+        self._light = asyncio.Semaphore(settings.max_parallel_decodes)
+        self._heavy = asyncio.Semaphore(1)
         self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="encoder")
         self._pending: list[tuple[MediaTensors, asyncio.Future]] = []
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -180,16 +190,22 @@ class MediaWorker:
 
     async def decode(self, path: str, window: Window | None) -> Media:
         start = time.perf_counter()
-        async with self._decodes:
-            steps = pipeline.decode_steps(path, self.model.config, None, window, self.limits)
-            try:
-                jobs = next(steps)
-                while True:
-                    jobs = steps.send(list(await asyncio.gather(*(run_job(job, path) for job in jobs))))
-            except StopIteration as done:
-                media = done.value
+        steps = pipeline.decode_steps(path, self.model.config, None, window, self.limits)
+        try:
+            jobs = next(steps)
+            while True:
+                jobs = steps.send(await self._run_step(jobs, path))
+        except StopIteration as done:
+            media = done.value
         METRICS.decode_seconds.observe(time.perf_counter() - start)
         return media
+
+    async def _run_step(self, jobs: list[FfmpegJob], path: str) -> list:
+        heavy = any(job.cost > self.settings.heavy_decode_pixels for job in jobs)
+        if heavy:
+            METRICS.heavy_decodes.inc()
+        async with self._heavy if heavy else self._light:
+            return list(await asyncio.gather(*(run_job(job, path, heavy) for job in jobs)))
 
     # -- batched encoding -----------------------------------------------------------------------
 

@@ -14,7 +14,10 @@ class Metrics:
             "avchat_requests_total", "HTTP requests by route and status", ["route", "status"], registry=r
         )
         self.ttft = Histogram(
-            "avchat_time_to_first_token_seconds", "Request start to first generated token", buckets=_LATENCY, registry=r
+            "avchat_time_to_first_token_seconds",
+            "Request admitted (its body received) to first generated token",
+            buckets=_LATENCY,
+            registry=r,
         )
         self.e2e = Histogram(
             "avchat_request_seconds", "End-to-end latency of chat requests", ["route"], buckets=_LATENCY, registry=r
@@ -37,7 +40,17 @@ class Metrics:
             "Generations the engine is computing right now (0 once every request ended)",
             registry=r,
         )
-        self.uploads = Gauge("avchat_uploads_in_progress", "Request bodies being received", registry=r)
+        self.uploads = Gauge(
+            "avchat_uploads_in_progress", "Upload places held (bodies with a file, fetches, their files)", registry=r
+        )
+        self.uploads_evicted = Counter(
+            "avchat_uploads_evicted_total", "Slow uploads ended to give their place to a new one", registry=r
+        )
+        self.body_memory = Gauge("avchat_body_memory_bytes", "Bytes of request bodies held in memory", registry=r)
+        self.heavy_decodes = Counter(
+            "avchat_heavy_decodes_total", "Frame decodes run in the heavy lane (low priority)", registry=r
+        )
+        self.ready = Gauge("avchat_ready", "1 while /ready says ready", registry=r)
         self.cache = Counter("avchat_feature_cache_total", "Feature cache lookups", ["result"], registry=r)
         self.aborted = Counter(
             "avchat_generations_aborted_total", "Generations stopped because the client left", registry=r

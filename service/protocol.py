@@ -10,19 +10,23 @@ from __future__ import annotations
 import time
 import uuid as uuidlib
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from model.media import Window
+from model import modalities
+from model.media import MAX_SECONDS, Window
 
 from .engine import SamplingParams
 from .errors import BadParameter, InvalidFields
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_STOP_CHARS = 256
+MAX_NAME_CHARS = 256  # a uuid or video_id: names, not payloads
 SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as OpenAI's seed
-INPUT_MODALITIES = ("audio", "video")
+Start = Annotated[float | None, Field(None, ge=0.0, le=MAX_SECONDS, description="analyse from this second")]
+End = Annotated[float | None, Field(None, gt=0.0, le=MAX_SECONDS, description="analyse up to this second")]
+Name = Annotated[str | None, Field(None, max_length=MAX_NAME_CHARS)]
 
 # -- responses ------------------------------------------------------------------------------------
 
@@ -163,6 +167,7 @@ class ChatRequest:
     top_p: float | None
     seed: int | None
     stop: list[str]
+    ignore_eos: bool = False
 
     def to_sampling_params(self, defaults: dict[str, Any], default_max_tokens: int) -> SamplingParams:
         """The request's values over the checkpoint's generation defaults (as vLLM does)."""
@@ -176,6 +181,7 @@ class ChatRequest:
             top_p=pick(self.top_p, "top_p", 1.0),
             seed=self.seed,
             stop=self.stop,
+            ignore_eos=self.ignore_eos,
         )
 
 
@@ -189,23 +195,6 @@ def check_stop(stop) -> list[str]:
     return stops
 
 
-def check_modalities(mods, param: str) -> list[str]:
-    if isinstance(mods, str):
-        mods = [m.strip() for m in mods.replace("+", ",").split(",") if m.strip()]
-    if not isinstance(mods, list) or not mods or not all(isinstance(m, str) for m in mods):
-        raise BadParameter(f"{param} takes a list of audio and/or video", param=param)
-    bad = [m for m in mods if m not in INPUT_MODALITIES]
-    if bad:
-        raise BadParameter(f"{param} takes audio and/or video, not {', '.join(bad)}", param=param)
-    return mods
-
-
-def window_of(start, end) -> Window | None:
-    if start is None and end is None:
-        return None
-    return Window(float(start or 0.0), None if end is None else float(end))
-
-
 class SamplingFields(BaseModel):
     """Sampling fields, validated the same way on both routes."""
 
@@ -214,8 +203,9 @@ class SamplingFields(BaseModel):
     temperature: float | None = Field(None, ge=0.0, le=2.0)
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
-    start: float | None = Field(None, ge=0.0, le=1e7)
-    end: float | None = Field(None, gt=0.0, le=1e7)
+    ignore_eos: bool = False
+    start: Start = None
+    end: End = None
 
 
 def validate(model: type[BaseModel], data: dict) -> Any:
@@ -239,28 +229,82 @@ class MediaURL(BaseModel):
     model_config = ConfigDict(extra="ignore")
     url: str | None = None
     # -- avchat extras --
-    start: float | None = None
-    end: float | None = None
+    start: Start = None
+    end: End = None
 
 
 class VideoURLPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["video_url"]
     video_url: MediaURL | None = None
-    uuid: str | None = Field(None, description="names this video for reuse; alone, reuses it (vLLM's convention)")
+    uuid: Name = Field(None, description="names this video for reuse; alone, reuses it (vLLM's convention)")
 
 
 class ImageURLPart(BaseModel):
     model_config = ConfigDict(extra="ignore")
     type: Literal["image_url"]
     image_url: MediaURL | None = None
-    uuid: str | None = None
+    uuid: Name = None
 
 
 class RequestMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[TextPart | VideoURLPart | ImageURLPart] | None = None
+
+
+PART_TYPES: dict[str, type[BaseModel]] = {"text": TextPart, "video_url": VideoURLPart, "image_url": ImageURLPart}
+
+
+def check_parts(messages: Any, kinds: dict[str, type[BaseModel]]) -> None:
+    """Content parts checked one by one by their ``type``, so that an error names the part (its
+    ``param`` points at it) and, for a type not taken here, lists the ones that are."""
+    if not isinstance(messages, list):
+        return  # the model's own validation says what is wrong
+    for i, message in enumerate(messages):
+        content = message.get("content") if isinstance(message, dict) else None
+        for j, part in enumerate(content if isinstance(content, list) else []):
+            where = f"messages.{i}.content.{j}"
+            kind = part.get("type") if isinstance(part, dict) else None
+            if kind not in kinds:
+                raise BadParameter(
+                    f"{where}: a content part of type {kind!r} is not taken here; send {', '.join(kinds)} parts",
+                    param=f"{where}.type",
+                    code="unsupported_content_part",
+                )
+            try:
+                kinds[kind].model_validate(part)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                loc = ".".join([where, *(str(p) for p in err["loc"])])
+                raise InvalidFields(f"{loc}: {err['msg']}", param=loc) from None
+
+
+class FormMessage(BaseModel):
+    """A message of the form route's ``messages`` field: text only (the file is the form's)."""
+
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart] | None = None
+
+
+class _FormMessages(BaseModel):
+    messages: list[FormMessage]
+
+
+def form_messages(value: Any) -> list[dict]:
+    """The form's ``messages`` (parsed JSON), validated as the JSON route's text messages are."""
+    check_parts(value, {"text": TextPart})
+    messages = validate(_FormMessages, {"messages": value}).messages
+    return [_plain(m.role, m.content) for m in messages]
+
+
+def _plain(role: str, content) -> dict:
+    """A message as the processor takes it: a role and its text."""
+    role = "system" if role == "developer" else role
+    if isinstance(content, list):
+        return {"role": role, "content": "\n".join(p.text for p in content if isinstance(p, TextPart))}
+    return {"role": role, "content": content or ""}
 
 
 class StreamOptions(BaseModel):
@@ -286,9 +330,10 @@ class ChatCompletionRequest(BaseModel):
     modalities: list[str] | None = Field(None, description='output types, as in OpenAI\'s API: only ["text"]')
     # -- avchat extras --
     input_modalities: list[str] | None = Field(None, description="streams of the video to use; default both")
-    video_id: str | None = Field(None, description="a video_id from an earlier answer instead of a video_url")
-    start: float | None = Field(None, ge=0.0, description="analyse from this second (also a field of video_url)")
-    end: float | None = Field(None, gt=0.0, description="analyse up to this second")
+    video_id: Name = Field(None, description="a video_id from an earlier answer instead of a video_url")
+    start: Start = Field(None, description="analyse from this second (also a field of video_url)")
+    end: End = None
+    ignore_eos: bool = Field(False, description="generate max_tokens whatever (vLLM's extra; for benchmarks)")
 
     @field_validator("modalities")
     @classmethod
@@ -301,25 +346,20 @@ class ChatCompletionRequest(BaseModel):
         return value
 
     def to_chat_request(self) -> ChatRequest:
-        messages, parts = [], []
-        for m in self.messages:
-            role = "system" if m.role == "developer" else m.role
-            if isinstance(m.content, list):
-                text = [p.text for p in m.content if isinstance(p, TextPart)]
-                parts += [p for p in m.content if not isinstance(p, TextPart)]
-                messages.append({"role": role, "content": "\n".join(text)})
-            else:
-                messages.append({"role": role, "content": m.content or ""})
+        messages = [_plain(m.role, m.content) for m in self.messages]
+        parts = [
+            p for m in self.messages if isinstance(m.content, list) for p in m.content if not isinstance(p, TextPart)
+        ]
         if len(parts) > 1:
             raise BadParameter("send one video_url or image_url per conversation", param="messages")
-        media, window = None, window_of(self.start, self.end)
+        media, window = None, Window.of(self.start, self.end)
         if parts:
             part = parts[0]
             kind = "video_url" if isinstance(part, VideoURLPart) else "image_url"
             ref = part.video_url if kind == "video_url" else part.image_url
             if ref is not None and ref.url:
                 media = MediaRef("url", kind, ref.url, alias=part.uuid)
-                window = window_of(ref.start, ref.end) or window
+                window = Window.of(ref.start, ref.end) or window
             elif part.uuid:
                 media = MediaRef("uuid", "uuid", part.uuid)
             else:
@@ -330,14 +370,12 @@ class ChatCompletionRequest(BaseModel):
             media = MediaRef("video_id", "video_id", self.video_id)
         if window is not None and media is not None and media.kind != "url":
             raise BadParameter("start and end apply when the video itself is sent", param="start")
-        if window is not None:
-            validate(SamplingFields, {"start": window.start, "end": window.end})
         return ChatRequest(
             messages=messages,
             media=media,
             input_modalities=None
             if self.input_modalities is None
-            else check_modalities(self.input_modalities, "input_modalities"),
+            else modalities.check(self.input_modalities, "input_modalities"),
             window=window,
             stream=self.stream,
             include_usage=bool(self.stream_options and self.stream_options.include_usage),
@@ -346,10 +384,12 @@ class ChatCompletionRequest(BaseModel):
             top_p=self.top_p,
             seed=self.seed,
             stop=check_stop(self.stop),
+            ignore_eos=self.ignore_eos,
         )
 
 
 def parse_completion_request(body: Any) -> ChatRequest:
     if not isinstance(body, dict):
         raise InvalidFields("the body must be a JSON object", param=None)
+    check_parts(body.get("messages"), PART_TYPES)
     return validate(ChatCompletionRequest, body).to_chat_request()

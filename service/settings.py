@@ -8,13 +8,15 @@ from __future__ import annotations
 import os
 import secrets
 import tempfile
-from functools import lru_cache
+from functools import cached_property, lru_cache
 from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from model.media import MediaLimits
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "localhost.localdomain"}
 
 
 class Settings(BaseSettings):
@@ -31,12 +33,19 @@ class Settings(BaseSettings):
     # -- admission ---------------------------------------------------------------------------
     max_concurrency: int = Field(4, description="generations running at once")
     max_queue: int = Field(32, description="requests waiting beyond max_concurrency; more get 503")
-    max_uploads: int = Field(64, description="request bodies being received at once; more get 503")
+    max_uploads: int = Field(64, description="uploads (bodies with a file, or over 1 MiB) held at once")
     upload_min_bytes: int = Field(64 * 1024, description="a body must bring at least this many bytes ...")
     upload_rate_window_s: float = Field(10.0, description="... in every window of this many seconds, else 408")
+    upload_timeout_s: float = Field(600.0, description="a whole body must arrive within this, else 408")
+    upload_fair_bytes_s: float = Field(
+        1024 * 1024, description="with every upload place taken, the slowest upload under this rate gives its place up"
+    )
+    max_body_memory_bytes: int = Field(
+        1024**3, description="bytes of request bodies (JSON, form fields) held in memory, all requests together"
+    )
     header_timeout_s: float = Field(10.0, description="connections that have not sent their headers by then close")
     request_timeout_s: float = Field(300.0, description="from a complete body to the last token; then 504")
-    drain_timeout_s: float = Field(8.0, description="on stop, requests in flight get this long (Docker waits 10 s)")
+    drain_timeout_s: float = Field(6.0, description="on stop, requests in flight get this long (Docker waits 10 s)")
     default_max_tokens: int = 256
 
     # -- request bodies ----------------------------------------------------------------------
@@ -44,13 +53,10 @@ class Settings(BaseSettings):
     max_form_fields: int = Field(32, description="parts of a multipart body")
     max_field_bytes: int = Field(256 * 1024, description="bytes of one form field (the file aside)")
 
-    # -- media -------------------------------------------------------------------------------
-    max_video_seconds: float = 3600.0
-    max_pixels: int = Field(4096 * 4096, description="largest frame decoded (width x height)")
-    max_packets: int = Field(1_000_000, description="most packets a file may have")
-    ffmpeg_timeout_s: float = 120.0
-    ffmpeg_threads: int = 2
-    ffmpeg_memory_bytes: int = 2 * 1024**3
+    # -- media (the per-file budgets are model.media.MediaLimits, read from the same AVCHAT_* variables) --
+    heavy_decode_pixels: int = Field(
+        2**31, description="a frame decode over this many pixels runs in its own lane, at low CPU priority"
+    )
     # ffmpeg decodes are multi-threaded: about one per two cores keeps them from starving the encoders.
     max_parallel_decodes: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) // 2)))
     feature_cache_bytes: int = 1024 * 1024 * 1024
@@ -59,6 +65,12 @@ class Settings(BaseSettings):
     temp_dir: str = Field(default_factory=lambda: tempfile.gettempdir())
 
     # -- access ------------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", description="the address the service is bound to (python -m service --host)")
+    allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Host header names answered; default: the bound address, plus the localhost names on "
+        "loopback; any name when bound to all addresses; * for any",
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
     allowed_video_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="origins (https://host[:port]; a bare host means https) video_url may use"
@@ -71,7 +83,7 @@ class Settings(BaseSettings):
 
     vllm_gpu_memory: float = Field(0.6, description="vLLM's share of GPU memory; the encoders use the rest")
 
-    @field_validator("api_keys", "allowed_video_hosts", mode="before")
+    @field_validator("api_keys", "allowed_video_hosts", "allowed_hosts", mode="before")
     @classmethod
     def _split(cls, value):
         if isinstance(value, str):
@@ -89,16 +101,21 @@ class Settings(BaseSettings):
             return self.served_model_name
         return os.path.basename(os.path.normpath(self.model)) or self.model
 
-    @property
+    @cached_property
     def media_limits(self) -> MediaLimits:
-        return MediaLimits(
-            max_pixels=self.max_pixels,
-            max_packets=self.max_packets,
-            max_seconds=self.max_video_seconds,
-            threads=self.ffmpeg_threads,
-            memory_bytes=self.ffmpeg_memory_bytes,
-            timeout=self.ffmpeg_timeout_s,
-        )
+        return MediaLimits.from_env()
+
+    @property
+    def host_names(self) -> set[str] | None:
+        """The Host header names answered (None: any)."""
+        if self.allowed_hosts:
+            return None if "*" in self.allowed_hosts else {h.lower().strip("[]") for h in self.allowed_hosts}
+        host = self.host.lower().strip("[]")
+        if host in ("", "0.0.0.0", "::"):
+            return None
+        if host in LOOPBACK or host.startswith("127."):
+            return LOOPBACK | {host}
+        return {host}
 
     @property
     def docs_open(self) -> bool:

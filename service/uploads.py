@@ -1,11 +1,13 @@
 """Receiving request bodies from strangers: at a minimum rate, within limits, into bounded memory.
 
 * :class:`BodyReader` reads the raw ASGI body: it ends a body that brings fewer than
-  ``upload_min_bytes`` in a ``upload_rate_window_s`` window (408), and one over its cap (413),
-  whether or not Content-Length was sent, and notices a client that left (499).
+  ``upload_min_bytes`` in a ``upload_rate_window_s`` window or is not all there within
+  ``upload_timeout_s`` (408), and one over its cap (413), whether or not Content-Length was
+  sent, and notices a client that left (499).
 * Multipart bodies are parsed as they arrive: the file part streams to a temp file (hashed on
   the way), fields are counted and capped, part headers are capped at 8 KiB.
-* JSON bodies are read whole under their cap, then parsed (nesting too deep is a 400).
+* JSON bodies are read whole under their cap and the memory budget, then parsed (nesting too
+  deep is a 400).
 * Temp files are named after the process that wrote them, so a restart removes what a killed
   process left behind without touching another live worker's files.
 """
@@ -15,6 +17,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+import errno
 import glob
 import hashlib
 import json
@@ -28,7 +32,8 @@ from typing import Any
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from .errors import BadParameter, ClientGone, MalformedBody, UploadTooLarge, UploadTooSlow
+from .admission import BodyAccount, Upload
+from .errors import BadParameter, ClientGone, MalformedBody, StorageFull, UploadTooLarge, UploadTooSlow
 
 MAX_PART_HEADER = 8 * 1024
 PREFIX = "avchat-upload-"
@@ -41,12 +46,13 @@ def _mib(n: int) -> str:
 @dataclass
 class TempVideo:
     """A media file on local disk; ``remove()`` deletes it unless the service does not own it
-    (a file:// path from the allowed local folder)."""
+    (a file:// path from the allowed local folder), and gives back the upload place it held."""
 
     path: str
     sha256: str
     size: int
     owned: bool = True
+    place: Upload | None = None
 
     def remove(self) -> None:
         if self.owned:
@@ -54,13 +60,28 @@ class TempVideo:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+        if self.place is not None:
+            self.place.release()
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def _storage_full() -> StorageFull:
+    return StorageFull("the service's temp folder is full; retry later", headers={"Retry-After": "30"})
 
 
 class TempWriter:
-    """Streams bytes to a new temp file, hashing them and enforcing the size limit."""
+    """Streams bytes to a new temp file, hashing them and enforcing the size limit; a full disk
+    is :class:`~service.errors.StorageFull` (507), never a traceback."""
 
     def __init__(self, temp_dir: str, limit: int, param: str = "video"):
-        fd, self.path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=".bin", dir=temp_dir)
+        try:
+            fd, self.path = tempfile.mkstemp(prefix=f"{PREFIX}{os.getpid()}-", suffix=".bin", dir=temp_dir)
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise _storage_full() from None
+            raise
         self.file = os.fdopen(fd, "wb")
         self.hash = hashlib.sha256()
         self.size, self.limit, self.param = 0, limit, param
@@ -71,18 +92,30 @@ class TempWriter:
             raise UploadTooLarge(
                 f"the {self.param} is larger than this service's limit of {_mib(self.limit)}", param=self.param
             )
-        self.file.write(data)
+        try:
+            self.file.write(data)
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise _storage_full() from None
+            raise
         self.hash.update(data)
 
-    def done(self) -> TempVideo:
-        self.file.close()
+    def done(self, place: Upload | None = None) -> TempVideo:
+        try:
+            self.file.close()
+        except OSError as exc:  # the last buffered bytes did not fit
+            self.discard()
+            if exc.errno in _FULL:
+                raise _storage_full() from None
+            raise
         if self.size == 0:
             self.discard()
             raise BadParameter(f"the {self.param} is empty", param=self.param, code="empty_file")
-        return TempVideo(self.path, self.hash.hexdigest(), self.size)
+        return TempVideo(self.path, self.hash.hexdigest(), self.size, place=place)
 
     def discard(self) -> None:
-        self.file.close()
+        with contextlib.suppress(OSError):
+            self.file.close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
@@ -115,20 +148,41 @@ def _alive(pid: int) -> bool:
 
 
 class BodyReader:
-    """The request body as chunks, at a minimum rate and under a cap."""
+    """The request body as chunks: at a minimum rate, within a total deadline, under a cap, and
+    counted to the request's :class:`~service.admission.BodyAccount` (which takes an upload place
+    when the body grows, and ends it if that place was given to a faster upload)."""
 
-    def __init__(self, receive, cap: int, min_bytes: int, window_s: float, what: str = "request body"):
+    STEP_S = 0.5  # longest wait before the reader looks again at its deadline and place
+
+    def __init__(
+        self,
+        receive,
+        cap: int,
+        min_bytes: int,
+        window_s: float,
+        timeout_s: float,
+        account: BodyAccount,
+        what: str = "request body",
+    ):
         self.receive, self.cap, self.min_bytes, self.window_s, self.what = receive, cap, min_bytes, window_s, what
+        self.timeout_s, self.deadline = timeout_s, time.monotonic() + timeout_s
+        self.account = account
         self.total = 0
 
     async def chunks(self):
         window_start, window_bytes = time.monotonic(), 0
         while True:
-            remaining = self.window_s - (time.monotonic() - window_start)
+            now = time.monotonic()
+            if now >= self.deadline:
+                raise UploadTooSlow(
+                    f"the {self.what} took longer than {self.timeout_s:g} s to arrive (AVCHAT_UPLOAD_TIMEOUT_S)"
+                )
+            wait = min(self.window_s - (now - window_start), self.deadline - now, self.STEP_S)
             try:
-                message = await asyncio.wait_for(self.receive(), max(remaining, 0.001))
+                message = await asyncio.wait_for(self.receive(), max(wait, 0.001))
             except asyncio.TimeoutError:
                 message = None
+            self.account.check()
             now = time.monotonic()
             if message is not None:
                 if message["type"] == "http.disconnect":
@@ -137,6 +191,7 @@ class BodyReader:
                 self.total += len(body)
                 if self.total > self.cap:
                     raise UploadTooLarge(f"the {self.what} is larger than this service's limit of {_mib(self.cap)}")
+                self.account.received(len(body), self.total)
                 window_bytes += len(body)
             if now - window_start >= self.window_s:
                 if window_bytes < self.min_bytes and (message is None or message.get("more_body")):
@@ -150,10 +205,15 @@ class BodyReader:
             if body:
                 yield body
             if not message.get("more_body", False):
+                self.account.finished_receiving()
                 return
 
     async def read(self) -> bytes:
-        parts = [chunk async for chunk in self.chunks()]
+        """The whole body, its bytes held in the request's memory budget."""
+        parts = []
+        async for chunk in self.chunks():
+            self.account.hold(len(chunk))
+            parts.append(chunk)
         return b"".join(parts)
 
 
@@ -173,20 +233,24 @@ async def read_form(
     max_fields: int,
     max_field_bytes: int,
 ) -> Form:
-    """A multipart (or url-encoded) form: at most one file, which goes to a temp file."""
+    """A multipart (or url-encoded) form: at most one file, which goes to a temp file (and keeps
+    the upload place its body took)."""
     ctype, params = parse_options_header(content_type)
     if ctype == b"application/x-www-form-urlencoded":  # no file: a follow-up by video_id
         from urllib.parse import parse_qsl
 
         body = await reader.read()
-        pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=max_fields)
+        try:
+            pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True, max_num_fields=max_fields)
+        except ValueError:
+            raise BadParameter(f"the form has more than {max_fields} fields", code="too_many_fields") from None
         return Form(fields=_bounded(pairs, max_fields, max_field_bytes))
     if ctype != b"multipart/form-data":
         raise MalformedBody("send the request as multipart/form-data (a `video` file and form fields)")
     boundary = params.get(b"boundary", b"")
     if not boundary or len(boundary) > 200:
         raise MalformedBody("the multipart body needs a boundary (1 to 200 characters) in its Content-Type")
-    parser = _FormParser(boundary, temp_dir, file_limit, file_fields, max_fields, max_field_bytes)
+    parser = _FormParser(boundary, temp_dir, file_limit, file_fields, max_fields, max_field_bytes, reader.account)
     try:
         async for chunk in reader.chunks():
             parser.write(chunk)
@@ -214,8 +278,10 @@ class _FormParser:
         file_fields: tuple[str, ...],
         max_fields: int,
         max_field_bytes: int,
+        account: BodyAccount,
     ):
         self.temp_dir, self.file_limit, self.file_fields = temp_dir, file_limit, file_fields
+        self.account = account
         self.max_fields, self.max_field_bytes = max_fields, max_field_bytes
         self.form = Form()
         self.writer: TempWriter | None = None
@@ -250,7 +316,7 @@ class _FormParser:
         if not self.ended:
             raise MalformedBody("the multipart body ends before its closing boundary")
         if self.writer is not None:
-            self.form.file = self.writer.done()
+            self.form.file = self.writer.done(self.account.keep_place())
             self.writer = None
         return self.form
 
@@ -289,6 +355,7 @@ class _FormParser:
         if self.name in self.file_fields:
             if self.writer is not None or self.form.file is not None:
                 raise BadParameter("send one video or image per request", param=self.name)
+            self.account.take_place()  # a file: it holds an upload place until it is removed
             self.writer = TempWriter(self.temp_dir, self.file_limit, self.name)
             self.form.file_field = self.name
 
@@ -296,6 +363,7 @@ class _FormParser:
         if self.name in self.file_fields:
             self.writer.write(data[start:end])
             return
+        self.account.hold(end - start)
         self.buf += data[start:end]
         if len(self.buf) > self.max_field_bytes:
             raise BadParameter(
@@ -310,9 +378,8 @@ class _FormParser:
         self.ended = True
 
 
-async def read_json(reader: BodyReader) -> Any:
-    """The parsed JSON body."""
-    body = await reader.read()
+def parse_json(body: bytes) -> Any:
+    """A parsed JSON body (big ones are parsed in a worker thread: see ``intake.py``)."""
     try:
         return json.loads(body)
     except RecursionError:
@@ -321,8 +388,8 @@ async def read_json(reader: BodyReader) -> Any:
         raise MalformedBody(f"the body is not valid JSON ({exc})") from None
 
 
-def save_data_url(url: str, temp_dir: str, limit: int, param: str) -> TempVideo:
-    """``data:video/mp4;base64,...`` -> a temp file."""
+def save_data_url(url: str, temp_dir: str, limit: int, param: str, place: Upload | None = None) -> TempVideo:
+    """``data:video/mp4;base64,...`` -> a temp file (holding ``place`` until it is removed)."""
     header, sep, payload = url.partition(",")
     if not sep or ";base64" not in header:
         raise BadParameter("a data: URL must be base64-encoded (data:video/mp4;base64,...)", param=param)
@@ -338,4 +405,4 @@ def save_data_url(url: str, temp_dir: str, limit: int, param: str) -> TempVideo:
     except BaseException:
         writer.discard()
         raise
-    return writer.done()
+    return writer.done(place)

@@ -19,12 +19,24 @@ import tempfile
 
 import torch
 
-from model.generation import REPLACEMENT
+from model.generation import AnswerText
 
 from .engine import Delta, Engine, SamplingParams
+from .errors import EngineStopped
 from .metrics import METRICS
+from .reaper import IPC_PREFIX  # + the service's pid: a folder a later start can tell is stale
+
+SHUTDOWN_S = 2.0  # what the engine's processes get to stop before they are killed
 
 log = logging.getLogger("avchat.vllm")
+RETRY = {"Retry-After": "10"}
+
+
+def ipc_base() -> str:
+    """Where the socket folder goes: the temp folder, unless its path leaves too little of a Unix
+    socket path's 107 characters for vLLM's names (a folder, a uuid), then /tmp."""
+    base = tempfile.gettempdir()
+    return base if len(base) + len(IPC_PREFIX) + 60 <= 107 or not os.path.isdir("/tmp") else "/tmp"
 
 
 class VLLMEngine(Engine):
@@ -62,7 +74,7 @@ class VLLMEngine(Engine):
         # them a folder of their own, removed on close.
         self._ipc_dir = None
         if "VLLM_RPC_BASE_PATH" not in os.environ:
-            self._ipc_dir = tempfile.mkdtemp(prefix="avchat-vllm-")
+            self._ipc_dir = tempfile.mkdtemp(prefix=f"{IPC_PREFIX}{os.getpid()}-", dir=ipc_base())
             os.environ["VLLM_RPC_BASE_PATH"] = self._ipc_dir
         self.llm = AsyncLLM.from_engine_args(args)
 
@@ -99,11 +111,16 @@ class VLLMEngine(Engine):
             top_p=params.top_p,
             seed=None if params.seed is None else params.seed % 2**63,
             stop=params.stop or None,
+            ignore_eos=params.ignore_eos,
             output_kind=RequestOutputKind.DELTA,
             skip_special_tokens=True,
             detokenize=self.detokenize,
         )
-        count, started = 0, False
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+        if self.llm is None or self.dead():
+            raise EngineStopped("the generation engine has stopped; the service is restarting", headers=RETRY)
+        count, answer = 0, AnswerText()  # the same text rules as the model's own generation stage
         METRICS.engine_running.inc()
         try:
             # Leaving this generator (client gone, timeout) cancels vLLM's, which aborts the request.
@@ -113,25 +130,32 @@ class VLLMEngine(Engine):
                 finish = completion.finish_reason if out.finished else None
                 if finish not in (None, "stop", "length"):
                     finish = "stop"
-                # Same text rules as the transformers engine: no separator space before the answer,
-                # no U+FFFD from bytes that never form a character.
-                text = (completion.text or "").replace(REPLACEMENT, "")
-                if not started:
-                    text = text.lstrip(" ")
-                    started = bool(text)
+                text = answer(completion.text or "")
                 if text or finish or (completion.token_ids and not self.detokenize):
                     yield Delta(text, count, finish)
                 if out.finished:
                     return
+        except (EngineDeadError, EngineGenerateError):
+            if self.dead():
+                raise EngineStopped(
+                    "the generation engine has stopped; the service is restarting", headers=RETRY
+                ) from None
+            raise
         finally:
             METRICS.engine_running.dec()
+
+    def dead(self) -> str | None:
+        llm = self.llm
+        if llm is not None and llm.errored:
+            return "vLLM's engine process has died"
+        return None
 
     async def close(self):
         # Shut down and let go of the engine now: left to interpreter exit, AsyncLLM.__del__
         # shuts down again with its module half torn down and logs a TypeError traceback.
         llm, self.llm = self.llm, None
         if llm is not None:
-            llm.shutdown()
+            llm.shutdown(timeout=SHUTDOWN_S)
             del llm
             gc.collect()
         if self._ipc_dir is not None:

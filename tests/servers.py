@@ -50,15 +50,42 @@ class Server:
             time.sleep(0.1)
         raise TimeoutError("server did not become ready")
 
-    def stop(self) -> None:
-        self.proc.send_signal(signal.SIGINT)
+    def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int | None:
+        """Stops the server; its exit status (None if it had to be killed)."""
+        self.proc.send_signal(sig)
         try:
-            self.proc.wait(20)
+            code = self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
+            self.proc.wait()
+            code = None
         self.log.close()
+        return code
 
     def log_text(self) -> str:
         if not self.log.closed:
             self.log.flush()
         return Path(self.log.name).read_text(errors="replace")
+
+
+def wait_for(condition, timeout: float = 10.0, every: float = 0.05):
+    """Polls ``condition`` until it returns something truthy (returned) or the time is up (the
+    last value is returned, for the caller's assertion to show)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() >= deadline:
+            return value
+        time.sleep(every)
+
+
+def metric(url: str, name: str, labels: str = "", headers: dict | None = None) -> float:
+    """The sum of a Prometheus metric's samples whose labels contain ``labels``."""
+    total = 0.0
+    for line in httpx.get(url + "/metrics", headers=headers or {}, timeout=10).text.splitlines():
+        if line.startswith("#"):
+            continue
+        key = line.split(" ", 1)[0]
+        if (key == name or key.startswith(name + "{")) and labels in key:
+            total += float(line.rsplit(" ", 1)[1])
+    return total

@@ -16,7 +16,7 @@ import psutil
 import pytest
 from httpx_sse import connect_sse
 
-from tests.servers import Server
+from tests.servers import Server, metric
 
 UPLOAD_LIMIT = 8 * 1024 * 1024
 
@@ -82,15 +82,6 @@ def test_greedy_tokens_match_the_in_process_model(server, tiny, media_dir):
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == expected
     assert r.json()["usage"]["completion_tokens"] == len(ids)
-
-
-def metric(url: str, name: str, labels: str = "") -> float:
-    text = httpx.get(url + "/metrics").text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith(name + ("{" if labels or "{" in line.split(" ")[0] else " ")) and labels in line:
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def chat(url, path, prompt="What happens?", **fields):
@@ -390,7 +381,8 @@ def test_unknown_route_and_openai_validation_errors(server):
     assert r.status_code == 422 and "messages" in r.json()["error"]["message"]
 
 
-def test_metrics_expose_the_operational_numbers(server):
+def test_metrics_expose_the_operational_numbers(server, media_dir):
+    assert chat(server.url, media_dir / "vllama_boat.mp4").status_code == 200  # this test's own request
     text = httpx.get(server.url + "/metrics").text
     for name in (
         "avchat_requests_total",
@@ -476,10 +468,11 @@ def test_ready_answers_503_while_no_model_is_loaded(tiny_home, tmp_path):
         srv.stop()
 
 
-def test_ready_answers_200_once_loaded(strict_server):
-    assert strict_server.ready_statuses[-1] == 200
-    assert set(strict_server.ready_statuses) <= {200, 503}
-    assert httpx.get(strict_server.url + "/health").status_code == 200
+def test_ready_says_which_model_and_engine_once_loaded(strict_server):
+    r = httpx.get(strict_server.url + "/ready")  # open without a key, like /health
+    assert r.status_code == 200 and r.json() == {"status": "ready", "model": "tiny", "engine": "transformers"}
+    assert metric(strict_server.url, "avchat_ready", headers={"Authorization": "Bearer key-one"}) == 1
+    assert set(strict_server.ready_statuses) <= {200, 503}  # never anything else while it loaded
 
 
 def test_api_keys_are_enforced(strict_server):

@@ -1,5 +1,6 @@
-"""Service pieces on their own: the feature cache's LRU and ownership, admission places and
-their Retry-After, and the multipart form's parsing into a request."""
+"""Service pieces on their own: the feature cache's LRU and ownership, admission (generation
+places and their Retry-After, upload places, the body memory budget), and the multipart form's
+parsing into a request."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ import torch
 from model.ffmpeg import FfmpegJob, ffmpeg_exe
 from model.media import MediaError, MediaLimits
 from model.pipeline import MediaEmbeddings, MediaReport
-from service.errors import AtCapacity, BadParameter, InvalidFields, describe
+from service.admission import Generations, MemoryBudget, UploadPool
+from service.errors import AtCapacity, BadParameter, InvalidFields, UploadTooSlow, describe
 from service.forms import parse_form
 from service.media_worker import CachedMedia, FeatureCache, run_job
 from service.protocol import parse_completion_request
-from service.serving import Admission, Places
 
 
 def _item(owner: str, video_id: str, nbytes: int) -> CachedMedia:
@@ -45,30 +46,74 @@ def test_the_cache_answers_only_the_owner_and_their_aliases():
     assert cache.get("alice", "holiday").video_id == "vid-1" and cache.get("bob", "holiday") is None
 
 
-def test_places_refuse_past_their_limit_with_a_retry_after_from_the_backlog():
-    places = Places(2, 1, "generations")
-    tickets = [places.take() for _ in range(3)]
+def test_generations_refuse_past_their_limit_with_a_retry_after_from_the_work_queued():
+    gens = Generations(concurrency=2, queue=1)
+    tickets = [gens.take(max_tokens=100) for _ in range(3)]
+    gens.setup_s.add(1.0)
+    gens.token_s.add(0.2)  # 1 s + 100 tokens x 0.2 s = 21 s for each of 3 requests, 2 at a time
     with pytest.raises(AtCapacity) as err:
-        places.take()
-    assert err.value.headers["Retry-After"] == "1"  # nothing measured yet
-    places.average_s = 10.0
-    with pytest.raises(AtCapacity) as err:
-        places.take()
-    assert err.value.headers["Retry-After"] == "10"  # (3 - 2 + 1) x 10 s / 2 places
+        gens.take(max_tokens=10)
+    assert 30 <= int(err.value.headers["Retry-After"]) <= 32
     tickets[0].release()
     tickets[0].release()  # idempotent
-    assert places.held == 2
-    places.take()
+    assert len(gens.held) == 2
+    gens.take(max_tokens=10)
 
 
-def test_admission_runs_at_most_concurrency_generations():
+def test_a_ticket_measures_time_to_first_token_and_per_token():
+    gens = Generations(concurrency=1, queue=0)
+    ticket = gens.take(max_tokens=5)
+    ticket.taken -= 2.0  # admitted 2 s ago
+    ticket.started()
+    ticket.first_token -= 1.0  # first token 1 s ago: 1 s to it, 4 more tokens in 1 s
+    ticket.release(tokens=5)
+    assert gens.setup_s.value == pytest.approx(1.0, abs=0.05)
+    assert gens.token_s.value == pytest.approx(0.25, abs=0.05)
+
+
+def test_a_full_upload_pool_gives_the_slowest_place_to_a_newcomer():
+    pool = UploadPool(places=2, fair_bytes_s=1000, tenure_s=1.0)
+    slow, fast = pool.take(), pool.take()
+    for u, rate in ((slow, 10), (fast, 5000)):
+        u.started -= 2.0
+        u.received = int(rate * 2)
+    newcomer = pool.take()  # the slow one is ended, the fast one keeps its place
+    assert slow.evicted and not fast.evicted and len(pool.holders) == 2
+    with pytest.raises(UploadTooSlow, match="make room"):
+        slow.add(1)
+    newcomer.started -= 2.0
+    newcomer.received = 1_000_000
+    with pytest.raises(AtCapacity) as err:  # everyone fast: nobody gives way
+        pool.take()
+    assert int(err.value.headers["Retry-After"]) >= 1
+    fast.release()
+    pool.take()
+
+
+def test_a_new_upload_never_takes_the_place_of_one_that_has_not_had_its_window():
+    pool = UploadPool(places=1, fair_bytes_s=1000, tenure_s=10.0)
+    pool.take()  # just started, nothing sent yet
+    with pytest.raises(AtCapacity):
+        pool.take()
+
+
+def test_the_memory_budget_counts_every_request_together():
+    budget = MemoryBudget(total=1000)
+    budget.reserve(600)
+    with pytest.raises(AtCapacity):
+        budget.reserve(500)
+    budget.release(600)
+    budget.reserve(1000)
+
+
+def test_generations_run_at_most_concurrency_at_once():
     async def run():
-        admission = Admission(concurrency=2, queue=5)
+        gens = Generations(concurrency=2, queue=5)
         running, peak = 0, 0
 
         async def one():
             nonlocal running, peak
-            async with admission.slot():
+            async with gens.slot():
                 running += 1
                 peak = max(peak, running)
                 await asyncio.sleep(0.01)

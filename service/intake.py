@@ -1,0 +1,130 @@
+"""Each chat route's request, read and parsed into a typed :class:`Intake` before any logic runs.
+
+* ``POST /v1/video/chat``: a multipart form (or url-encoded, for a follow-up without a file);
+  the file streams to a temp file.
+* ``POST /v1/chat/completions``: ``application/json`` only (a browser's cross-site "simple"
+  request cannot send that without a preflight); a ``data:`` URL becomes a temp file here,
+  while the body's bytes are still counted.
+
+Bodies are bounded one by one (their caps, a minimum rate, a total deadline) and together
+(``admission.py``: upload places, the memory budget). Parsing a big body, validating it and
+measuring its text run in a worker thread, never on the event loop, and a conversation that
+cannot fit the context is refused before anything tokenizes it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from python_multipart.multipart import parse_options_header
+
+from model.errors import TooManyMessages
+
+from .admission import Admission, BodyAccount
+from .errors import UploadTooLarge, WrongContentType
+from .forms import FILE_FIELDS, parse_form
+from .protocol import ChatRequest, parse_completion_request
+from .uploads import BodyReader, TempVideo, parse_json, read_form, save_data_url
+
+OFF_LOOP_BYTES = 64 * 1024  # bodies above this are parsed in a worker thread
+
+
+@dataclass
+class Intake:
+    """A chat request as the service takes it: the request, and the media file it brought."""
+
+    chat: ChatRequest
+    video: TempVideo | None = None
+
+    def discard(self) -> None:
+        if self.video is not None:
+            self.video.remove()
+
+
+async def _off_loop(size: int, fn, *args):
+    return await asyncio.to_thread(fn, *args) if size > OFF_LOOP_BYTES else fn(*args)
+
+
+def _declared(headers, cap: int, what: str) -> int | None:
+    """The body's Content-Length, refused at once when over the cap."""
+    value = headers.get("content-length")
+    if value is None or not value.isdigit():
+        return None
+    declared = int(value)
+    if declared > cap:
+        raise UploadTooLarge(f"the {what} is larger than this service's limit of {cap / 2**20:.0f} MiB")
+    return declared
+
+
+def _reader(request, settings, cap: int, account: BodyAccount, what: str) -> BodyReader:
+    s = settings
+    return BodyReader(
+        request.receive, cap, s.upload_min_bytes, s.upload_rate_window_s, s.upload_timeout_s, account, what
+    )
+
+
+async def read_video_chat(request, settings, admission: Admission, processor) -> Intake:
+    """``POST /v1/video/chat``: the form and its file."""
+    s = settings
+    cap = s.max_upload_bytes + s.max_form_fields * s.max_field_bytes
+    account = BodyAccount(admission, _declared(request.headers, cap, "upload"))
+    try:
+        form = await read_form(
+            request.headers.get("content-type", ""),
+            _reader(request, s, cap, account, "upload"),
+            s.temp_dir,
+            s.max_upload_bytes,
+            FILE_FIELDS,
+            s.max_form_fields,
+            s.max_field_bytes,
+        )
+        try:
+            size = sum(len(v) for v in form.fields.values())
+            chat = await _off_loop(size, _checked_form, form.fields, form.file_field, processor)
+        except BaseException:
+            if form.file is not None:
+                form.file.remove()
+            raise
+        return Intake(chat, form.file)
+    finally:
+        account.close()
+
+
+def _checked_form(fields: dict, file_field: str | None, processor) -> ChatRequest:
+    chat = parse_form(fields, file_field)
+    processor.check_text_fits(chat.messages, chat.max_tokens or 0)
+    return chat
+
+
+async def read_chat_completion(request, settings, admission: Admission, processor) -> Intake:
+    """``POST /v1/chat/completions``: the JSON body, and its video when it came as a data: URL."""
+    s = settings
+    ctype, _ = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"application/json":
+        raise WrongContentType("send the body as JSON with Content-Type: application/json", param="content-type")
+    account = BodyAccount(admission, _declared(request.headers, s.max_json_bytes, "request body"))
+    try:
+        body = await _reader(request, s, s.max_json_bytes, account, "request body").read()
+        chat = await _off_loop(len(body), _checked_json, body, processor)
+        del body
+        video = None
+        media = chat.media
+        if media is not None and media.kind == "url" and media.value.startswith("data:"):
+            video = await asyncio.to_thread(
+                save_data_url, media.value, s.temp_dir, s.max_upload_bytes, media.param, account.keep_place()
+            )
+            media.kind, media.value = "file", None  # the URL's bytes are the file now
+        return Intake(chat, video)
+    finally:
+        account.close()
+
+
+def _checked_json(body: bytes, processor) -> ChatRequest:
+    data = parse_json(body)
+    limit = processor.config.context_length
+    if isinstance(data, dict) and isinstance(data.get("messages"), list) and len(data["messages"]) > limit:
+        raise TooManyMessages(f"the conversation has {len(data['messages'])} messages; at most {limit} can fit")
+    chat = parse_completion_request(data)
+    processor.check_text_fits(chat.messages, chat.max_tokens or 0)
+    return chat
