@@ -1,6 +1,7 @@
 # Set-up and everyday commands. Everything lives in ./.venv; nothing is installed system-wide.
 #   make demo   set up, start the service on the built-in model, ask it about a clip, keep serving
-#   make test   set up with the test extras, then run the test suite
+#   make test   set up with the test extras, then run the whole test suite (as CI does)
+#   make test-fast   the unit and contract tests only (no service process, no training): a couple of minutes
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -8,7 +9,7 @@ PORT ?= 8000
 CLIP ?= model/demo/sample.mp4
 QUESTION ?= What colour is the square, and what do you hear?
 
-.PHONY: install install-dev system-deps demo serve ask lint test test-wheel-ffmpeg bench experiment clean
+.PHONY: install install-dev system-deps demo serve ask lint test test-fast test-wheel-ffmpeg bench experiment clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,10 +52,15 @@ lint: install-dev
 test: install-dev system-deps
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
 
+# The inner loop: everything not marked slow (no service process, no training, no real sizes).
+test-fast: install-dev
+	$(PY) -m pytest -m "not slow" --durations=10 $(PYTEST_ARGS)
+
 # The media and service tests again, with the imageio-ffmpeg wheel's ffmpeg (9.x) instead of the system's.
 test-wheel-ffmpeg: install-dev
 	AVCHAT_FFMPEG="$$($(PY) -c 'import imageio_ffmpeg; print(imageio_ffmpeg.get_ffmpeg_exe())')" \
-	AVCHAT_TEST_ENGINES=transformers $(PY) -m pytest tests/test_media.py tests/test_service.py tests/test_service_edge.py
+	AVCHAT_TEST_ENGINES=transformers $(PY) -m pytest tests/test_media.py tests/test_service.py tests/test_service_edge.py \
+	    tests/test_service_limits.py
 
 bench: install-dev
 	-$(PY) bench/frame_sampling.py

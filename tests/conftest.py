@@ -11,6 +11,40 @@ import imageio_ffmpeg
 import pytest
 
 MEDIA = Path(__file__).resolve().parent / "media"
+
+# The `slow` tier (make test leaves none out; make test-fast leaves these out): whatever starts the
+# service process, trains, runs the paper's sizes, or builds an environment.
+SLOW_MODULES = {
+    "test_api_features",
+    "test_cli",
+    "test_page",
+    "test_real_size",
+    "test_service",
+    "test_service_edge",
+    "test_service_limits",
+    "test_service_stops",
+    "test_synthetic",
+    "test_training",
+}
+SLOW_FIXTURES = {"server", "client"}  # test_clients, test_evaluate: a real service behind them
+SLOW_TESTS = {
+    "test_the_service_on_phi2_without_a_network_says_why_it_is_not_ready",
+    "test_the_phi2_preset_without_a_network_fails_fast_saying_what_to_do",
+    "test_a_copy_of_the_repository_alone_runs_the_real_clip_tests",
+    "test_the_sdk_installs_alone_without_torch",
+    "test_every_package_pin_in_the_image_exists_in_the_package_index",
+    "test_an_unreachable_judge_ends_with_a_message_not_a_traceback",
+    "test_a_judge_run_killed_half_way_resumes",
+}
+
+
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2]
+        if module in SLOW_MODULES or SLOW_FIXTURES & set(item.fixturenames) or item.originalname in SLOW_TESTS:
+            item.add_marker(pytest.mark.slow)
+
+
 MEDIA_FILES = sorted(p for p in MEDIA.glob("*") if p.suffix not in (".tsv", ".md"))
 
 

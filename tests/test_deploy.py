@@ -228,6 +228,7 @@ def test_the_compose_check_catches_what_docker_compose_would_refuse(break_it, co
 
 
 @pytest.mark.network
+@pytest.mark.timeout(1200)  # each download has 900 s
 def test_every_package_pin_in_the_image_exists_in_the_package_index(tmp_path):
     import sys
 

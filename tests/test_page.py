@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
 import httpx
@@ -185,4 +184,3 @@ def test_a_service_with_keys_asks_for_one(browser, tmp_path):
         assert "red" in browser.find_element(By.CSS_SELECTOR, ".answer .text").text
     finally:
         srv.stop()
-    time.sleep(0.1)

@@ -112,6 +112,7 @@ def test_the_service_answers_at_real_size_with_vllm_holding_the_only_copy_of_the
     assert "Traceback" not in server.log_text()
 
 
+@pytest.mark.timeout(1200)  # its finetune has 900 s
 def test_a_few_training_steps_at_real_size(phi2_shape, clip, tiny_home, tmp_path):
     """Stage 2 on phi2-shape: LoRA r=128 on every linear layer of the LLM and both projectors,
     frozen weights in bfloat16, gradient checkpointing; two steps move the adapter and the

@@ -184,3 +184,39 @@ def test_the_sdk_installs_alone_without_torch(tmp_path):
     listed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True)
     names = {line.split("==")[0].lower() for line in listed.stdout.splitlines()}
     assert "avchat-clients" in names and not names & {"torch", "numpy", "transformers"}
+
+
+def test_the_engine_interface_the_wire_models_and_the_error_table_import_no_torch():
+    modules = "service.engine, service.protocol, service.errors, service.paths, model.errors, model.modalities"
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            f"import sys, {modules}; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_logic_layer_knows_no_http_and_no_route():
+    serving = (ROOT / "service" / "serving.py").read_text()
+    assert "starlette" not in serving and "fastapi" not in serving
+    for path in ('"/v1/video/chat"', '"/v1/chat/completions"'):  # as a literal, not in a docstring
+        holders = [p.name for p in (ROOT / "service").glob("*.py") if path in p.read_text()]
+        assert holders == ["paths.py"], (path, holders)
+
+
+def test_one_generation_stage_serves_every_caller():
+    """Token ids become text in model/generation.py only: nobody else detokenises by hand."""
+    offenders = []
+    for name, path in _modules().items():
+        if name == "model.generation":
+            continue
+        text = path.read_text()
+        if "TextStream(" in text or "model.generate(" in text or ".tokenizer.decode(" in text:
+            offenders.append(name)
+    assert offenders == []
