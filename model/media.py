@@ -159,11 +159,10 @@ class Window:
         return cls(float(start or 0.0), None if end is None else float(end))
 
     def resolve(self, info: MediaInfo) -> Span:
-        """The span of this file the window covers; refuses one that starts or ends past it."""
+        """The span of this file the window covers: an end past the file's is the file's end (as
+        a slice is; the media report says what was analysed), a start past it is refused."""
         if self.start >= info.duration:
             raise InvalidWindow(f"start ({self.start:g} s) is past the end of the file ({info.duration:.2f} s)")
-        if self.end is not None and self.end > info.duration + 1e-3:
-            raise InvalidWindow(f"end ({self.end:g} s) is past the end of the file ({info.duration:.2f} s)")
         return Span(self.start, info.duration if self.end is None else min(self.end, info.duration))
 
 

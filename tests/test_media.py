@@ -175,7 +175,7 @@ def test_a_time_window_samples_inside_it_and_audio_starts_at_its_start(tmp_path)
 
 @pytest.mark.parametrize(
     "start, end, fragment",
-    [(12, None, "past the end"), (2, 1, "after start"), (-1, 3, "from 0"), (0, 50, "past the end")],
+    [(12, None, "past the end"), (2, 1, "after start"), (-1, 3, "from 0"), (11, 50, "past the end")],
 )
 def test_a_window_outside_the_file_is_refused(clips, start, end, fragment):
     """A window that is not one is refused when made; one past the file when checked against it."""
@@ -431,3 +431,9 @@ def test_a_window_that_is_not_one_is_refused_when_made(start, end):
 
     with pytest.raises(InvalidWindow):
         Window(start, end)
+
+
+def test_a_window_that_ends_past_the_file_ends_with_it(clips):
+    """README's `end=30` works on any clip: the span is clipped, and the report says so."""
+    media = decode(str(clips["cfr"]), CONFIG, window=Window(8, 30))
+    assert media.report.duration_s == pytest.approx(2.0, abs=0.05) and media.report.audio_s == 0  # tone ends at 3 s
