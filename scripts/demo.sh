@@ -27,6 +27,12 @@ d = u["prompt_tokens_details"]
 print("answer:", r["choices"][0]["message"]["content"])
 print("tokens: prompt %d (audio %d, video %d, text %d), completion %d; video_id %s" % (
     u["prompt_tokens"], d["audio_tokens"], d["video_tokens"], d["text_tokens"], u["completion_tokens"], r["video_id"]))'
+if [ "${AVCHAT_MODEL:-demo}" = demo ]; then
+  echo
+  echo "note: the built-in demo model is a toy, trained on synthetic clips (a coloured square moving over a tone"
+  echo "or noise): it knows those colours and sounds and nothing else. To ask about real videos, serve real weights"
+  echo "(AVCHAT_MODEL=phi2 or a trained checkpoint; README, \"Serving on a GPU host\")."
+fi
 echo
-echo "serving on http://127.0.0.1:$PORT (Ctrl-C to stop)"
+echo "serving on http://127.0.0.1:$PORT (Ctrl-C to stop); the page: http://127.0.0.1:$PORT/"
 wait $server

@@ -57,6 +57,7 @@ def browser(tmp_path):
         "--window-size=1280,1000",
     ):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: CSP violations show there
     driver = webdriver.Chrome(service=Service(DRIVER), options=options)
     driver.set_page_load_timeout(60)
     yield driver
@@ -124,6 +125,23 @@ def test_upload_ask_stream_and_follow_up_in_chromium(demo, browser, tmp_path):
     assert "a high tone" in _answers(browser)[1].find_element(By.CSS_SELECTOR, ".text").text
     assert _metric(demo.url, "avchat_decode_seconds_count") == decodes
     assert [li.text for li in browser.find_elements(By.CSS_SELECTOR, ".chat .you")] == [QUESTION, "What do you hear?"]
+
+
+def test_the_page_says_the_demo_is_a_toy_and_analyses_a_window(demo, browser):
+    browser.get(demo.url + "/")
+    _wait(browser, lambda d: d.find_element(By.ID, "toy").is_displayed())
+    assert (
+        "toy" in browser.find_element(By.ID, "toy").text and "AVCHAT_MODEL" in browser.find_element(By.ID, "toy").text
+    )
+    browser.find_element(By.ID, "file").send_keys(str(SAMPLE))
+    browser.find_element(By.ID, "start").send_keys("0.5")
+    browser.find_element(By.ID, "end").send_keys("1.5")
+    _ask(browser, QUESTION)
+    _wait(browser, lambda d: "tokens" in d.find_element(By.CSS_SELECTOR, ".answer .meta").text)
+    meta = browser.find_element(By.CSS_SELECTOR, ".answer .meta").text
+    assert "1.0 s analysed" in meta and "heard 1.0 s" in meta, meta
+    console = [entry["message"] for entry in browser.get_log("browser")]
+    assert not [m for m in console if "Content Security Policy" in m or "Refused to" in m], console
 
 
 def test_the_comparison_answers_both_ways_side_by_side(demo, browser, tmp_path):

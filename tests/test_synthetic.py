@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -14,7 +15,7 @@ import pytest
 
 from model.pipeline import decode
 from model.presets import tiny_config
-from tests.servers import ROOT, Server
+from tests.servers import ROOT, Server, free_port
 from training.synthetic import ClipSpec, make_clip
 
 
@@ -80,3 +81,28 @@ def test_the_demo_model_is_served_by_default_and_answers_from_sound_and_picture(
         assert ask(clip, "What colour is the square, and what do you hear?") == "green, noise"
     finally:
         srv.stop()
+
+
+def test_make_demos_script_answers_says_the_model_is_a_toy_and_keeps_serving(tmp_path):
+    port = free_port()
+    proc = subprocess.Popen(
+        ["bash", "scripts/demo.sh"],
+        cwd=ROOT,
+        env={**os.environ, "PY": sys.executable, "PORT": str(port), "AVCHAT_MODEL": "demo"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("serving on"):
+                break
+        text = "".join(lines)
+        assert "answer: red, a high tone" in text and "a toy" in text and "AVCHAT_MODEL=phi2" in text, text
+        assert httpx.get(f"http://127.0.0.1:{port}/ready").status_code == 200  # still serving
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)

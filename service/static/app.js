@@ -43,6 +43,17 @@ async function loadModel() {
   const body = await response.json();
   const card = body.data[0];
   $("model").textContent = `model ${card.id} · ${card.engine} · ${card.modalities.join(" + ")}`;
+  $("toy").hidden = !TOY_MODELS.includes(card.id);
+}
+
+// The built-in models: trained on synthetic clips (demo) or not at all (tiny).
+const TOY_MODELS = ["demo", "tiny"];
+
+// The window the next upload analyses: a changed window is another video_id, so it uploads again.
+function windowChanged() {
+  state.videoId = null;
+  state.history = [];
+  $("chat").replaceChildren();
 }
 
 function chooseFile(file) {
@@ -114,7 +125,10 @@ function describe(usage, media) {
 async function ask(box, modalities, onVideoId = () => {}) {
   const form = new FormData();
   if (state.videoId) form.append("video_id", state.videoId);
-  else form.append(state.file.type.startsWith("image/") ? "image" : "video", state.file, state.file.name);
+  else {
+    form.append(state.file.type.startsWith("image/") ? "image" : "video", state.file, state.file.name);
+    for (const field of ["start", "end"]) if ($(field).value !== "") form.append(field, $(field).value);
+  }
   form.append("messages", JSON.stringify(state.history));
   form.append("input_modalities", modalities);
   form.append("stream", "true");
@@ -189,6 +203,8 @@ drop.addEventListener("drop", (e) => {
   chooseFile(e.dataTransfer.files[0]);
 });
 $("ask").addEventListener("submit", onSubmit);
+$("start").addEventListener("change", windowChanged);
+$("end").addEventListener("change", windowChanged);
 $("question").addEventListener("keydown", (e) => {
   if (e.key === "Enter" && !e.shiftKey) { e.preventDefault(); $("ask").requestSubmit(); }
 });
