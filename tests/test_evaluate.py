@@ -66,7 +66,8 @@ class FakeJudge:
     """OpenAI chat completions. Per prompt: maybe a 429 first, then maybe a malformed dict or prose,
     then {'score': N} with N from the prompt's hash. ``stall_after`` makes call N hang."""
 
-    def __init__(self, stall_after: int | None = None):
+    def __init__(self, stall_after: int | None = None, always: str | None = None):
+        self.always = always  # "prose": every reply without a score
         self.calls = 0
         self.seen: dict[str, int] = {}
         self.lock = threading.Lock()
@@ -90,7 +91,7 @@ class FakeJudge:
                 if owner.stall_after is not None and call > owner.stall_after:
                     time.sleep(30)
                 plan = ["429"] * (h % 3 == 0) + ["malformed"] * (h % 5 == 0) + ["prose"] * (h % 7 == 0) + ["ok"]
-                step = plan[min(n, len(plan) - 1)]
+                step = owner.always or plan[min(n, len(plan) - 1)]
                 if step == "429":
                     data = json.dumps({"error": {"message": "slow down", "type": "rate_limit_error"}}).encode()
                     self.send_response(429)
@@ -341,6 +342,30 @@ def test_an_unreachable_judge_ends_with_a_message_not_a_traceback(bench, tmp_pat
         check=False,
     )
     assert out.returncode == 3 and "did not answer" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_a_judge_that_never_gives_a_score_fails_loudly_and_writes_nothing(bench, tmp_path):
+    preds = tmp_path / "generic.jsonl"
+    preds.write_text(json.dumps({**load_questions(bench / "generic_qa.json")[0], "predictions": ["x"]}) + "\n")
+    fake = FakeJudge(always="prose")
+    try:
+        out = _evaluate(
+            "judge",
+            "--predictions",
+            str(preds),
+            "--judge-base-url",
+            fake.url,
+            "--judge-model",
+            "m",
+            "--out",
+            str(tmp_path / "j.jsonl"),
+            check=False,
+        )
+    finally:
+        fake.close()
+    assert out.returncode == 4 and "held no score" in out.stderr and "decent overall" in out.stderr, out.stderr
+    assert "0 of 3 scores written" in out.stdout and "Traceback" not in out.stderr
+    assert not (tmp_path / "j.jsonl").exists() or not (tmp_path / "j.jsonl").read_text().strip()
 
 
 def test_predict_fails_when_no_question_could_be_answered(bench, tmp_path):

@@ -86,11 +86,18 @@ def main(argv: list[str] | None = None) -> int:
         out = Path(args.out)
         cache = JudgeCache(Path(args.cache) if args.cache else out.with_name(out.stem + ".cache.jsonl"))
         try:
-            judge(
+            done = judge(
                 Path(args.predictions), Judge(args.judge_base_url, args.judge_model, key, cache), out, args.concurrency
             )
         except JudgeUnreachable as exc:
             return _fail(f"{exc}; the scores so far are kept, rerun to continue", 3)
+        if done["unparsed"]:
+            return _fail(
+                f"{done['unparsed']} of the judge's ({args.judge_model}) answers held no score, after 3 asks each "
+                f"(the last: {done['last_unparsed']!r:.200}); they are not written: check that the model answers "
+                "in the prompt's format, then rerun (scores already written are kept)",
+                4,
+            )
         return 0
     runs: dict[str, list[Path]] = {}
     for spec in args.run:

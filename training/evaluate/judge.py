@@ -183,11 +183,13 @@ def judge(predictions: Path, judge_: Judge, out: Path, concurrency: int) -> dict
     done = {row["id"] for row in jsonl.read(out)} if out.exists() else set()
     jobs = [(item, m) for item in items for m in metrics_for(item["kind"]) if f"{item['id']}|{m}" not in done]
     unparsed = 0
+    last_unparsed: list[str] = []
 
     def work(job):
         item, metric = job
         score, reply = judge_.score(judge_messages(metric, item))
         if score is None:  # not written: a rerun asks again
+            last_unparsed[:] = [reply]
             return True
         jsonl.append(
             out,
@@ -218,7 +220,12 @@ def judge(predictions: Path, judge_: Judge, out: Path, concurrency: int) -> dict
             for f in futures:
                 f.cancel()
     print(
-        f"judge: {len(jobs)} scores this run ({len(done)} already there), {judge_.calls} judge calls, "
-        f"{unparsed} unparsable replies"
+        f"judge: {len(jobs) - unparsed} of {len(jobs)} scores written this run ({len(done)} already there), "
+        f"{judge_.calls} judge calls, {unparsed} left unscored: replies with no score in them"
     )
-    return {"scored": len(jobs), "calls": judge_.calls, "unparsed": unparsed}
+    return {
+        "scored": len(jobs) - unparsed,
+        "calls": judge_.calls,
+        "unparsed": unparsed,
+        "last_unparsed": last_unparsed[0] if last_unparsed else None,
+    }
