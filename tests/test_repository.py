@@ -220,3 +220,9 @@ def test_one_generation_stage_serves_every_caller():
         if "TextStream(" in text or "model.generate(" in text or ".tokenizer.decode(" in text:
             offenders.append(name)
     assert offenders == []
+
+
+def test_the_projects_own_install_provides_the_avchat_command():
+    command = Path(sys.executable).parent / "avchat"  # what `make demo` / `make test` put in .venv/bin
+    out = subprocess.run([str(command), "--help"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "chat" in out.stdout, out.stderr
