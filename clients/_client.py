@@ -22,7 +22,7 @@ class _Common:
         self._headers = _base.headers(self.api_key, default_headers)
 
     def _attempt(
-        self, method: str, path: str, *, json, data, upload: Upload | None, stream: bool, timeout
+        self, method: str, path: str, *, json, data, upload: Upload | None, stream: bool, timeout, headers=None
     ) -> tuple[httpx.Request, Callable[[], None]]:
         """One attempt's request, with the upload opened afresh; call the returned cleanup after."""
         files, cleanup = None, lambda: None
@@ -30,7 +30,7 @@ class _Common:
             part, cleanup = upload.open()
             files = {upload.field: part}
         try:
-            headers = dict(self._headers)
+            headers = {**self._headers, **(headers or {})}
             if stream:
                 headers["Accept"] = "text/event-stream"
             request = self._http.build_request(
@@ -93,11 +93,12 @@ class Client(_Common):
         upload: Upload | None = None,
         stream: bool = False,
         timeout=None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         """Sends with retries; returns a successful response (open, when streaming)."""
         for attempt in range(self.max_retries + 1):
             request, cleanup = self._attempt(
-                method, path, json=json, data=data, upload=upload, stream=stream, timeout=timeout
+                method, path, json=json, data=data, upload=upload, stream=stream, timeout=timeout, headers=headers
             )
             response = None
             try:
@@ -167,10 +168,11 @@ class AsyncClient(_Common):
         upload: Upload | None = None,
         stream: bool = False,
         timeout=None,
+        headers: dict[str, str] | None = None,
     ) -> httpx.Response:
         for attempt in range(self.max_retries + 1):
             request, cleanup = self._attempt(
-                method, path, json=json, data=data, upload=upload, stream=stream, timeout=timeout
+                method, path, json=json, data=data, upload=upload, stream=stream, timeout=timeout, headers=headers
             )
             response = None
             try:

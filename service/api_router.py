@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from pathlib import Path
 
@@ -29,6 +30,8 @@ STREAM = {
     "`data: [DONE]`",
 }
 STATIC = Path(__file__).resolve().parent / "static"
+AFFINITY = "X-Avchat-Affinity"  # the header to route follow-ups on (deploy/haproxy/haproxy.cfg hashes it)
+AFFINITY_KEY = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 
 def _body(schema: str, media_type: str) -> dict:
@@ -54,8 +57,16 @@ async def health() -> dict:
 
 @router.get(paths.READY, tags=["operations"], responses={503: {"model": ErrorResponse}})
 async def ready(state: Ready) -> dict:
-    """200 while the service can answer: model loaded, ffmpeg usable, engine alive; 503 (and why) otherwise."""
-    return {"status": "ready", "model": state.settings.model_id, "engine": state.engine.name}
+    """200 while the service can answer: model loaded, ffmpeg usable, engine alive; 503 (and why)
+    otherwise. ``feature_store`` is ``ok``, ``degraded`` (Redis unreachable: this replica's cache
+    alone) or ``off``."""
+    store = state.worker.tiers.store
+    return {
+        "status": "ready",
+        "model": state.settings.model_id,
+        "engine": state.engine.name,
+        "feature_store": "off" if store is None else store.status,
+    }
 
 
 @router.get(paths.MODELS, tags=["openai"], responses=ERRORS)
@@ -108,14 +119,20 @@ async def _answer(request: Request, state: State, intake, route: str, started: f
         result = await _watch(request, state.chat.create(intake, owner))
     finally:
         intake.discard()  # already removed unless the request ended before the service took it
+    # The key to route this conversation's next requests on (a router hashes it): the one the
+    # request came with, else the video it was about.
+    asked = request.headers.get(AFFINITY, "")
+    video_id = result.prepared.video_id if isinstance(result, ChatStream) else result.video_id
+    key = asked if AFFINITY_KEY.fullmatch(asked) else video_id
+    affinity = {AFFINITY: key} if key else {}
     if isinstance(result, ChatStream):
         return StreamingResponse(
             _events(result, route, started),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **affinity},
         )
     METRICS.e2e.labels(route).observe(time.perf_counter() - started)
-    return JSONResponse(result.model_dump())
+    return JSONResponse(result.model_dump(), headers=affinity)
 
 
 async def _events(stream: ChatStream, route: str, started: float):

@@ -56,6 +56,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         load.cancel()
         watch.cancel()
+        for task in state.tasks:
+            task.cancel()
+        if state.worker is not None and state.worker.tiers.store is not None:
+            await state.worker.tiers.store.close()
         if state.chat is not None:
             state.chat.stop()
         if state.engine is not None:
@@ -168,6 +172,9 @@ async def _startup(state: State) -> None:
             engine = create_engine("transformers", model, settings)
         state.model, state.engine = model, engine
         state.worker = MediaWorker(model, settings)
+        if settings.feature_store:
+            state.worker.tiers.store = _store(settings, state.worker, model)
+            state.tasks.append(asyncio.create_task(state.worker.tiers.store.watch()))
         state.admission = Admission(settings)
         state.chat = ChatService(model, state.worker, engine, settings, generation_defaults(model), state.admission)
         METRICS.engine.labels(engine.name, settings.model_id).set(1)
@@ -177,6 +184,27 @@ async def _startup(state: State) -> None:
     except Exception as exc:
         state.error = f"the model failed to load: {type(exc).__name__}: {exc}"
         log.error("model load failed: %s", state.error)
+
+
+def _store(settings: Settings, worker, model):
+    """The shared feature tier, for this checkpoint (its fingerprint) and the tensors it produces."""
+    import torch
+
+    from .feature_store import FeatureStore
+
+    config = model.config
+    shapes = {"video": (config.video_tokens, config.hidden_size), "audio": (config.audio_tokens, config.hidden_size)}
+    store = FeatureStore(
+        settings.feature_store,
+        worker.fingerprint,
+        settings.feature_ttl_s,
+        settings.feature_store_timeout_s,
+        shapes,
+        getattr(torch, settings.dtype),
+        settings.device,
+    )
+    log.info("feature store", extra={"fields": {"url": store.safe_url(), "fingerprint": worker.fingerprint}})
+    return store
 
 
 def _load_model(settings: Settings, embeddings_only: bool):

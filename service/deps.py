@@ -22,6 +22,7 @@ class State:
         self.fatal: str | None = None  # why the service stopped serving
         self.stopping = False
         self.loop = None  # the event loop the lifespan runs on
+        self.tasks: list = []  # background tasks the lifespan cancels
 
     def begin_stop(self) -> None:
         """A stop began (SIGTERM, Ctrl-C): unready at once, and after the drain what still runs ends

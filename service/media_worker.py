@@ -6,11 +6,12 @@
   streams, so a file with a million packets never stalls the event loop.
 * encode + project: SigLIP and Whisper run in one encoder thread; requests that arrive within
   a short window are encoded together (up to ``encoder_max_batch`` files per batch).
-* the cache: projected embeddings per video (LRU under a byte budget), so a follow-up question
-  skips decoding and encoding. A video belongs to the key that uploaded it: its ``video_id`` is
-  an HMAC of the key, the content and the analysed window under a server secret, outsiders
-  cannot compute it, another key's lookup is a plain miss, and nothing is shared across keys
-  (not even timing).
+* the cache: projected embeddings per video, in this process (``feature_cache.py``) and, when
+  configured, in Redis for every replica (``feature_store.py``), so a follow-up question skips
+  decoding and encoding. A video belongs to the key that uploaded it: its ``video_id`` is an
+  HMAC of the key, the content, the checkpoint and the analysed window under a server secret,
+  outsiders cannot compute it, another key's lookup is a plain miss, and nothing is shared across
+  keys (not even timing).
 """
 
 from __future__ import annotations
@@ -23,75 +24,20 @@ import logging
 import shutil
 import subprocess
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 import torch
 
 from model import pipeline
 from model.ffmpeg import FfmpegJob, OutputCollector, cap_memory, timeout_error
 from model.media import Window
-from model.pipeline import Media, MediaEmbeddings, MediaReport, MediaTensors
+from model.pipeline import Media, MediaEmbeddings, MediaTensors
 
+from .feature_cache import CachedMedia, FeatureCache, FeatureTiers
+from .feature_store import fingerprint
 from .metrics import METRICS
 
 log = logging.getLogger("avchat.media")
-
-
-@dataclass
-class CachedMedia:
-    owner: str
-    video_id: str
-    embeddings: MediaEmbeddings
-    report: MediaReport
-
-    @property
-    def nbytes(self) -> int:
-        return self.embeddings.nbytes
-
-
-class FeatureCache:
-    """LRU of :class:`CachedMedia` under a byte budget, plus each owner's uuid aliases."""
-
-    MAX_ALIASES = 100_000  # names of at most 256 characters: under 60 MB in all
-
-    def __init__(self, budget_bytes: int):
-        self.budget = budget_bytes
-        self.used = 0
-        self._items: OrderedDict[str, CachedMedia] = OrderedDict()
-        self._aliases: OrderedDict[tuple[str, str], str] = OrderedDict()
-
-    def get(self, owner: str, video_id: str) -> CachedMedia | None:
-        """The entry, if this owner has it (another owner's is reported as absent)."""
-        video_id = self._aliases.get((owner, video_id), video_id)
-        item = self._items.get(video_id)
-        if item is None or not hmac.compare_digest(item.owner, owner):
-            METRICS.cache.labels("miss").inc()
-            return None
-        self._items.move_to_end(video_id)
-        METRICS.cache.labels("hit").inc()
-        return item
-
-    def put(self, item: CachedMedia) -> None:
-        if item.nbytes > self.budget:
-            return
-        if item.video_id in self._items:
-            self.used -= self._items.pop(item.video_id).nbytes
-        self._items[item.video_id] = item
-        self.used += item.nbytes
-        while self.used > self.budget:
-            _, old = self._items.popitem(last=False)
-            self.used -= old.nbytes
-
-    def alias(self, owner: str, name: str, video_id: str) -> None:
-        self._aliases[(owner, name)] = video_id
-        self._aliases.move_to_end((owner, name))
-        while len(self._aliases) > self.MAX_ALIASES:
-            self._aliases.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 NICE = shutil.which("nice")
@@ -143,7 +89,9 @@ class MediaWorker:
         self.model = model
         self.settings = settings
         self.limits = settings.media_limits
+        self.fingerprint = fingerprint(model, settings.dtype)  # names the checkpoint the features belong to
         self.cache = FeatureCache(settings.feature_cache_bytes)
+        self.tiers = FeatureTiers(self.cache, None)  # the shared store joins once it is connected
         # Two lanes: most files decode in the light one; a frame decode heavier than
         # heavy_decode_pixels goes to its own lane, one at a time and at low CPU priority, so
         # it cannot hold up the others.
@@ -156,7 +104,7 @@ class MediaWorker:
         cfg = model.config
         self._prep = json.dumps(
             {
-                "model": str(getattr(model, "source", None) or settings.model),
+                "model": self.fingerprint,  # not its path: replicas may mount it elsewhere
                 "frames": cfg.num_frames,
                 "size": cfg.image_size,
                 "audio_s": cfg.audio_seconds,
@@ -171,19 +119,24 @@ class MediaWorker:
         message = "\0".join((owner, sha256, self._prep, span)).encode()
         return "vid-" + hmac.new(self.settings.secret.encode(), message, hashlib.sha256).hexdigest()[:40]
 
-    def lookup(self, owner: str, video_id: str) -> CachedMedia | None:
-        return self.cache.get(owner, video_id)
+    async def lookup(self, owner: str, name: str) -> CachedMedia | None:
+        """An earlier upload by its video_id or uuid: from this process, else from the shared store."""
+        return await self.tiers.get(owner, name)
+
+    def alias(self, owner: str, name: str, video_id: str) -> None:
+        self.tiers.alias(owner, name, video_id)
 
     async def features(self, path: str, sha256: str, owner: str, window: Window | None = None) -> CachedMedia:
-        """Cached embeddings of a file for this owner, or decode, encode and project it."""
+        """Cached embeddings of a file for this owner (L1, then the shared store), or decode,
+        encode and project it."""
         video_id = self.video_id(owner, sha256, window)
-        cached = self.cache.get(owner, video_id)
+        cached = await self.tiers.get(owner, video_id)
         if cached is not None:
             return cached
         media = await self.decode(path, window)
         tensors = await asyncio.to_thread(pipeline.preprocess, self.model.processor, media)
         item = CachedMedia(owner, video_id, await self._encode(tensors), media.report)
-        self.cache.put(item)
+        self.tiers.put(item)
         return item
 
     # -- decoding -------------------------------------------------------------------------------

@@ -51,6 +51,13 @@ class Metrics:
             "avchat_heavy_decodes_total", "Frame decodes run in the heavy lane (low priority)", registry=r
         )
         self.ready = Gauge("avchat_ready", "1 while /ready says ready", registry=r)
+        self.store = Counter(
+            "avchat_feature_store_total",
+            "Shared feature store operations by result (hit, miss, write, error, refused, skipped)",
+            ["result"],
+            registry=r,
+        )
+        self.store_healthy = Gauge("avchat_feature_store_up", "1 while the shared feature store answers", registry=r)
         self.cache = Counter("avchat_feature_cache_total", "Feature cache lookups", ["result"], registry=r)
         self.aborted = Counter(
             "avchat_generations_aborted_total", "Generations stopped because the client left", registry=r

@@ -43,6 +43,9 @@ from .protocol import (
 from .uploads import TempVideo
 
 log = logging.getLogger("avchat.service")
+NO_STORE = (
+    " (this replica does not have it; with a shared feature store, AVCHAT_FEATURE_STORE, every replica could answer it)"
+)
 
 
 @dataclass
@@ -136,10 +139,11 @@ class ChatService:
             if video is not None:
                 media = await self.worker.features(video.path, video.sha256, owner, chat.window)
             elif ref is not None:
-                media = self.worker.lookup(owner, ref.value)
+                media = await self.worker.lookup(owner, ref.value)
                 if media is None:
+                    shared = "" if self.worker.tiers.store is not None else NO_STORE
                     raise UnknownVideo(
-                        f"unknown or expired {ref.param} {ref.value!r}; send the video again", param=ref.param
+                        f"unknown or expired {ref.param} {ref.value!r}; send the video again{shared}", param=ref.param
                     )
         finally:
             if fetched is not None:
@@ -197,7 +201,7 @@ class ChatService:
     def _remember(self, prepared: Prepared, owner: str) -> None:
         """Registers the request's uuid for its video, once the answer is complete."""
         if prepared.alias and prepared.media is not None:
-            self.worker.cache.alias(owner, prepared.alias, prepared.media.video_id)
+            self.worker.alias(owner, prepared.alias, prepared.media.video_id)
 
     async def _complete(self, prepared: Prepared, ticket: Ticket, owner: str) -> ChatCompletion:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"

@@ -60,6 +60,11 @@ class Settings(BaseSettings):
     # ffmpeg decodes are multi-threaded: about one per two cores keeps them from starving the encoders.
     max_parallel_decodes: int = Field(default_factory=lambda: max(1, min(4, (os.cpu_count() or 2) // 2)))
     feature_cache_bytes: int = 1024 * 1024 * 1024
+    feature_store: str | None = Field(
+        None, description="redis://host:port/db: features shared by every replica (L2 behind this process's LRU)"
+    )
+    feature_ttl_s: float = Field(86400.0, description="how long a video's features stay in the shared store")
+    feature_store_timeout_s: float = Field(0.25, description="longest a request waits on the shared store")
     encoder_batch_window_ms: float = 15.0
     encoder_max_batch: int = Field(8, description="videos encoded together by SigLIP")
     temp_dir: str = Field(default_factory=lambda: tempfile.gettempdir())
@@ -82,6 +87,7 @@ class Settings(BaseSettings):
     metrics_port: int = Field(0, description="serve /metrics on this port instead of the API's (0: the API's)")
 
     vllm_gpu_memory: float = Field(0.6, description="vLLM's share of GPU memory; the encoders use the rest")
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs vLLM splits the LLM over (the encoders stay on one)")
 
     @field_validator("api_keys", "allowed_video_hosts", "allowed_hosts", mode="before")
     @classmethod

@@ -50,6 +50,7 @@ class VLLMEngine(Engine):
         dtype: str,
         max_model_len: int,
         gpu_memory_utilization: float,
+        tensor_parallel_size: int = 1,
         seed: int = 0,
         skip_tokenizer_init: bool = False,
     ):
@@ -64,6 +65,7 @@ class VLLMEngine(Engine):
             dtype=dtype,
             max_model_len=max_model_len,
             gpu_memory_utilization=gpu_memory_utilization,
+            tensor_parallel_size=tensor_parallel_size,
             seed=seed,
             enforce_eager=on_cpu,
             disable_log_stats=True,
@@ -98,6 +100,7 @@ class VLLMEngine(Engine):
             dtype=settings.dtype,
             max_model_len=config.context_length,
             gpu_memory_utilization=settings.vllm_gpu_memory,
+            tensor_parallel_size=settings.tensor_parallel_size,
         )
         return engine
 

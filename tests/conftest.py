@@ -17,6 +17,7 @@ MEDIA = Path(__file__).resolve().parent / "media"
 SLOW_MODULES = {
     "test_api_features",
     "test_cli",
+    "test_fleet",
     "test_page",
     "test_readme",
     "test_real_size",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -48,7 +49,8 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)
-        raise TimeoutError("server did not become ready")
+        self.stop()  # not left running behind the failed test
+        raise TimeoutError(f"server did not become ready in {timeout:g} s; see {self.log.name}")
 
     def stop(self, sig: int = signal.SIGINT, timeout: float = 30) -> int | None:
         """Stops the server; its exit status (None if it had to be killed)."""
@@ -89,3 +91,76 @@ def metric(url: str, name: str, labels: str = "", headers: dict | None = None) -
         if (key == name or key.startswith(name + "{")) and labels in key:
             total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+class RedisServer:
+    """Debian's redis-server on 127.0.0.1, no persistence; stop() and start() again on the same port."""
+
+    def __init__(self, log_path: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        args = ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"]
+        self.proc = subprocess.Popen(args, stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)  # noqa: SIM115
+        if not wait_for(self._answers, 10):
+            raise RuntimeError(f"redis-server did not start; see {self.log_path}")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                return s.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+            self.proc = None
+
+
+class Router:
+    """Debian's HAProxy with the shipped configuration (deploy/haproxy/) in front of two replicas."""
+
+    def __init__(self, replicas: list[str], log_path: Path):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        folder = ROOT / "deploy" / "haproxy"
+        env = {
+            **os.environ,
+            "AVCHAT_ROUTER_PORT": str(self.port),
+            "AVCHAT_HAPROXY_DIR": str(folder),
+            **{f"AVCHAT_REPLICA_{i}": r for i, r in enumerate(replicas)},
+        }
+        haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+        self.log = open(log_path, "wb")  # noqa: SIM115 - closed by stop()
+        self.proc = subprocess.Popen(
+            [haproxy, "-W", "-db", "-f", str(folder / "haproxy.cfg")],
+            env=env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def wait_ready(self, timeout: float = 30) -> Router:
+        def up() -> bool:
+            try:
+                return httpx.get(self.url + "/ready", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        if not wait_for(up, timeout, 0.2):
+            raise RuntimeError(f"the router did not come up; see {self.log.name}")
+        return self
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()

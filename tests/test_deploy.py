@@ -141,9 +141,13 @@ def _interpolate(value, env: dict[str, str]):
         name, op, default = m.group(1), m.group(2), m.group(3) or ""
         if op is None:
             return env.get(name, "")
+        if op == ":?":  # required: docker compose refuses the file without it
+            if not env.get(name):
+                raise MissingVariable(f"{name}: {default}")
+            return env[name]
         return env.get(name) or default if op == ":-" else env.get(name, default)
 
-    rest = re.sub(r"\$\$|\$\{(\w+)(:-|-)?([^}]*)\}", one, value)
+    rest = re.sub(r"\$\$|\$\{(\w+)(:-|:\?|-)?([^}]*)\}", one, value)
     assert "${" not in rest, f"unbalanced interpolation in {value!r}"
     return rest
 
@@ -167,16 +171,21 @@ def _compose_problems(compose: dict) -> list[str]:
                 if key in check and not _GO_DURATION.fullmatch(str(check[key])):
                     problems.append(f"{name}: healthcheck {key}={check[key]!r} is not a duration")
         for dev in svc.get("deploy", {}).get("resources", {}).get("reservations", {}).get("devices", []):
-            count = dev.get("count")
-            if not (
-                "gpu" in dev.get("capabilities", []) and (count == "all" or (isinstance(count, int) and count > 0))
-            ):
-                problems.append(f"{name}: GPU reservation needs capabilities [gpu] and a count (n > 0 or 'all')")
+            count, ids = dev.get("count"), dev.get("device_ids")
+            counted = count == "all" or (isinstance(count, int) and count > 0)
+            if not ("gpu" in dev.get("capabilities", []) and (counted or (ids and count is None))):
+                problems.append(
+                    f"{name}: GPU reservation needs capabilities [gpu] and a count (n > 0 or 'all') or device_ids"
+                )
     return problems
 
 
-def _compose(env: dict[str, str] | None = None) -> dict:
-    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+class MissingVariable(ValueError):
+    pass
+
+
+def _compose(env: dict[str, str] | None = None, name: str = "docker-compose.yml") -> dict:
+    raw = yaml.safe_load((ROOT / name).read_text())
     return _interpolate(raw, env or {})
 
 
@@ -225,6 +234,44 @@ def test_the_compose_check_catches_what_docker_compose_would_refuse(break_it, co
     break_it(compose)
     problems = _compose_problems(compose)
     assert problems and any(complaint in p for p in problems), problems
+
+
+def test_the_fleet_compose_file_is_valid_and_needs_a_shared_secret():
+    fleet = _compose({"AVCHAT_SECRET": "s3cret"}, "docker-compose.fleet.yml")
+    assert _compose_problems(fleet) == []
+    services = fleet["services"]
+    replicas = sorted(n for n in services if n.startswith("api-"))
+    assert len(replicas) >= 2 and {"redis", "router"} <= set(services)
+    gpus = [services[n]["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] for n in replicas]
+    assert sorted(map(tuple, gpus)) == [(str(i),) for i in range(len(replicas))]  # one GPU each, all different
+    for n in replicas:
+        env = services[n]["environment"]
+        assert env["AVCHAT_SECRET"] == "s3cret" and env["AVCHAT_FEATURE_STORE"] == "redis://redis:6379/0"
+        assert env["AVCHAT_HOST"] == "0.0.0.0" and _path_of(services[n]["healthcheck"]["test"][-1]) in _routes()
+    assert services["router"]["volumes"] == ["./deploy/haproxy:/usr/local/etc/haproxy:ro"]
+    config = (ROOT / "deploy" / "haproxy" / "haproxy.cfg").read_text()
+    for i in range(len(replicas)):
+        assert f'"${{AVCHAT_REPLICA_{i}}}"' in config and services["router"]["environment"][f"AVCHAT_REPLICA_{i}"]
+    assert "allkeys-lru" in services["redis"]["command"]
+    with pytest.raises(MissingVariable, match="AVCHAT_SECRET"):  # replicas with different secrets disagree on ids
+        _compose({}, "docker-compose.fleet.yml")
+
+
+def test_the_router_configuration_is_one_haproxy_accepts(tmp_path):
+    import shutil
+
+    haproxy = shutil.which("haproxy") or "/usr/sbin/haproxy"
+    if not os.path.exists(haproxy):
+        pytest.skip("needs Debian's haproxy (scripts/system-deps.sh installs it)")
+    folder = ROOT / "deploy" / "haproxy"
+    env = {"AVCHAT_ROUTER_PORT": "8000", "AVCHAT_HAPROXY_DIR": str(folder)}
+    env |= {f"AVCHAT_REPLICA_{i}": f"127.0.0.1:{9000 + i}" for i in range(2)}
+    out = subprocess.run([haproxy, "-c", "-f", str(folder / "haproxy.cfg")], env=env, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for code in (502, 503, 504):  # every error the router itself gives is an OpenAI error body
+        head, _, body = (folder / "errors" / f"{code}.http").read_bytes().decode().partition("\r\n\r\n")
+        assert head.startswith(f"HTTP/1.1 {code}") and f"Content-Length: {len(body.encode())}" in head
+        assert set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
 
 
 @pytest.mark.network

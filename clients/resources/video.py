@@ -3,6 +3,7 @@ upload once and keep the history."""
 
 from __future__ import annotations
 
+import secrets
 from typing import Any
 
 from .._base import Upload, VideoInput, is_video_id, video_form
@@ -22,6 +23,15 @@ def _request(video, image, video_id, uuid, kwargs) -> tuple[dict[str, str], Uplo
     if upload is None and uuid and not video_id:
         video_id, uuid = uuid, None  # a name given earlier: the server resolves it like a video_id
     return video_form(video_id=video_id, uuid=uuid if upload is not None else None, **kwargs), upload
+
+
+AFFINITY = "X-Avchat-Affinity"  # what a router in front of several replicas hashes on
+
+
+def _affinity(video, video_id, affinity: str | None) -> dict[str, str]:
+    """The affinity key: the caller's (a conversation's), else the video_id being asked about."""
+    key = affinity or video_id or (video if video is not None and is_video_id(video) else None)
+    return {AFFINITY: key} if key else {}
 
 
 class VideoChat:
@@ -49,15 +59,18 @@ class VideoChat:
         stop: str | list[str] | None = None,
         stream_options: dict | None = None,
         timeout=None,
+        affinity: str | None = None,
     ) -> ChatCompletion | Stream[ChatCompletionChunk]:
         """Ask about a video. ``video`` is a path, bytes, a binary file object or a video_id;
         ``image`` a still image; ``uuid`` names the upload for later requests (or, alone, reuses
         it). ``input_modalities`` (``modalities`` is its older name) picks the streams used;
-        ``start``/``end`` the seconds analysed. Returns a :class:`ChatCompletion`, or with
-        ``stream=True`` a ``Stream[ChatCompletionChunk]``."""
+        ``start``/``end`` the seconds analysed; ``affinity`` the key a router sends the request on
+        by (default: the video_id, when asking about one). Returns a :class:`ChatCompletion`, or
+        with ``stream=True`` a ``Stream[ChatCompletionChunk]``."""
+        headers = _affinity(video, video_id, affinity)
         form, upload = _request(video, image, video_id, uuid, _options(locals()))
         response = self._client.request(
-            "POST", "/v1/video/chat", data=form, upload=upload, stream=stream, timeout=timeout
+            "POST", "/v1/video/chat", data=form, upload=upload, stream=stream, timeout=timeout, headers=headers
         )
         if stream:
             return Stream(response, ChatCompletionChunk)
@@ -93,10 +106,12 @@ class AsyncVideoChat:
         stop: str | list[str] | None = None,
         stream_options: dict | None = None,
         timeout=None,
+        affinity: str | None = None,
     ):
+        headers = _affinity(video, video_id, affinity)
         form, upload = _request(video, image, video_id, uuid, _options(locals()))
         response = await self._client.request(
-            "POST", "/v1/video/chat", data=form, upload=upload, stream=stream, timeout=timeout
+            "POST", "/v1/video/chat", data=form, upload=upload, stream=stream, timeout=timeout, headers=headers
         )
         if stream:
             return AsyncStream(response, ChatCompletionChunk)
@@ -139,10 +154,14 @@ class Conversation:
         self.video_id: str | None = video if is_video_id(video) else None
         self.messages: list[dict] = [{"role": "system", "content": system}] if system else []
         self.defaults = defaults
+        # Every turn, the first upload included, carries one key: behind a router they all reach
+        # the replica that holds the video's features.
+        self.affinity = self.video_id or f"conv-{secrets.token_hex(12)}"
 
     def _args(self, question: str, stream: bool, overrides: dict) -> dict:
         self.messages.append({"role": "user", "content": question})
         args = {**self.defaults, **overrides, "messages": list(self.messages), "stream": stream}
+        args.setdefault("affinity", self.affinity)
         if self.video_id:
             args["video_id"] = self.video_id
         else:
