@@ -470,7 +470,8 @@ def test_ready_answers_503_while_no_model_is_loaded(tiny_home, tmp_path):
 
 def test_ready_says_which_model_and_engine_once_loaded(strict_server):
     r = httpx.get(strict_server.url + "/ready")  # open without a key, like /health
-    assert r.status_code == 200 and r.json() == {"status": "ready", "model": "tiny", "engine": "transformers"}
+    assert r.status_code == 200
+    assert r.json() == {"status": "ready", "model": "tiny", "engine": "transformers", "feature_store": "off"}
     assert metric(strict_server.url, "avchat_ready", headers={"Authorization": "Bearer key-one"}) == 1
     assert set(strict_server.ready_statuses) <= {200, 503}  # never anything else while it loaded
 
