@@ -71,6 +71,7 @@ bench: install-dev
 	-$(PY) bench/frame_sampling.py
 	-$(PY) bench/service_edge.py
 	-$(PY) bench/service_throughput.py
+	-$(PY) bench/fleet.py
 	-$(PY) bench/engines.py
 	-$(PY) bench/training.py
 
