@@ -93,6 +93,7 @@ def video_form(
     stream_options=None,
     start=None,
     end=None,
+    max_audio_windows=None,
 ) -> dict[str, str]:
     """The form fields of ``POST /v1/video/chat`` (the file goes separately)."""
     if messages is not None and prompt is not None:
@@ -122,6 +123,7 @@ def video_form(
         ("seed", seed),
         ("start", start),
         ("end", end),
+        ("max_audio_windows", max_audio_windows),
     ):
         if value is not None:
             form[key] = str(value)

@@ -34,6 +34,12 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--start", type=float, default=None, help="analyse from this second on")
     ask.add_argument("--end", type=float, default=None, help="analyse up to this second")
     ask.add_argument("--max-tokens", type=int, default=64, help="most tokens to generate (default 64)")
+    ask.add_argument(
+        "--max-audio-windows",
+        type=int,
+        default=None,
+        help="hear at most this many 30 s windows (default: as many as the model takes and fit)",
+    )
     ask.add_argument("--temperature", type=float, default=0.0, help="0 is greedy (default)")
     ask.add_argument("--top-p", type=float, default=1.0)
     ask.add_argument("--seed", type=int, default=None)
@@ -94,6 +100,7 @@ def _ask(args: argparse.Namespace) -> int:
             embeddings,
             modalities,
             max_new_tokens=args.max_tokens,
+            max_audio_windows=args.max_audio_windows,
         )
     except (MediaError, ContextLengthError, InvalidWindow) as exc:
         return _fail(str(exc))
@@ -109,6 +116,8 @@ def _ask(args: argparse.Namespace) -> int:
         sys.stdout.flush()
     end = time.perf_counter()
     counts, report = p.counts, media.report
+    if p.audio:
+        report = report.heard_in(p.audio_windows, model.config.audio_seconds)
     print()
     print(
         f"[tokens] prompt {sum(counts.values())} = audio {counts['audio']} + video {counts['video']} + "
@@ -119,7 +128,7 @@ def _ask(args: argparse.Namespace) -> int:
         f"[media] {report.duration_s:.1f} s analysed, {report.frames} frames "
         f"({media.frames.mode if media.frames else '-'}), audio heard {report.audio_s:.1f} s"
         + (
-            f", {report.audio_truncated_s:.1f} s not heard (one 30 s window; --start picks it)"
+            f", {report.audio_truncated_s:.1f} s not heard ({p.audio_windows} window(s) of 30 s; --start picks where)"
             if report.audio_truncated_s > 0
             else ""
         ),

@@ -52,8 +52,12 @@ class AVChatConfig(PreTrainedConfig):
     audio_token_id: int | None = None
     video_token_id: int | None = None
     system_prompt: str = BUNNY_SYSTEM
-    # Whisper sees one 30 s window.
+    # Whisper sees one 30 s window ...
     audio_seconds: float = 30.0
+    # ... and the audio branch takes up to this many of them, in time order (64 tokens each, a
+    # newline between them, as between the other placeholders). 1: the paper's model; a
+    # checkpoint trained on longer audio declares more (at 2048 tokens about 13 fit beside the video).
+    max_audio_windows: int = 1
 
     def __post_init__(self, **kwargs):
         defaults = {"vision_config": "siglip_vision_model", "audio_config": "whisper", "text_config": "phi"}

@@ -2,7 +2,7 @@
 projectors into Phi's embedding space, and the Phi LLM.
 
     video (B, F, 3, 384, 384) --SigLIP layer -2--> (B*F, 729, Cv) --pool--> (B, 100 + 729, Cv) --proj--> (B, 829, H)
-    mel (B, 80, 3000) --Whisper enc+dec, 64 start tokens--> (B, 64, Ca) --proj--> (B, 64, H)
+    mel (W, 80, 3000) --Whisper enc+dec, 64 start tokens--> (W, 64, Ca) --proj--> (W * 64, H), W windows of 30 s
     token ids with 64 <audio> / 829 <video> ids --embed--> (B, T, H), media written in by masked_scatter
 
 ``forward`` takes the encoders' outputs (one form per modality, as transformers' LLaVA family
@@ -268,8 +268,9 @@ class AVChatModel(nn.Module):
         audio_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Text embeddings ``(B, T, H)`` with the projected media written into the placeholder
-        positions, after a hard count check. ``*_embeds`` hold one row per sample that has
-        that medium, in batch order."""
+        positions, after a hard count check. ``*_embeds`` hold, in batch order, one row per
+        sample that has that medium (``(B_m, N, H)``), or every sample's tokens one after another
+        (``(sum N_i, H)``: clips with different numbers of audio windows)."""
         embeds = self.llm.get_input_embeddings()(input_ids)  # (B, T, H)
         for name, token_id, feats in (
             ("video", self.config.video_token_id, video_embeds),
@@ -277,7 +278,7 @@ class AVChatModel(nn.Module):
         ):
             mask = input_ids == token_id  # (B, T)
             n_tokens = int(mask.sum())
-            n_feats = 0 if feats is None else feats.shape[0] * feats.shape[1]
+            n_feats = 0 if feats is None else feats.shape[:-1].numel()
             if n_tokens != n_feats:
                 raise ValueError(
                     f"{name} placeholders and features do not match: {n_tokens} <{name}> tokens in "
@@ -298,8 +299,9 @@ class AVChatModel(nn.Module):
         audio_features: torch.Tensor | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """``video_features`` (B_v, T + P, Cv) and ``audio_features`` (B_a, 64, Ca) are the frozen
-        encoders' outputs (:func:`model.pipeline.encode`, or a training feature cache)."""
+        """``video_features`` (B_v, T + P, Cv) and ``audio_features`` (sum of W_i * 64, Ca), every
+        sample's audio windows one after another (or ``(B_a, 64, Ca)``), are the frozen encoders'
+        outputs (:func:`model.pipeline.encode`, or a training feature cache)."""
         video = self.project_video(video_features) if video_features is not None else None
         audio = self.project_audio(audio_features) if audio_features is not None else None
         embeds = self.merge_media(input_ids, video, audio)

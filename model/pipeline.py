@@ -27,6 +27,7 @@ import torch
 from . import modalities as _modalities
 from .config import AVChatConfig
 from .decoding import audio_job, frames_job
+from .errors import ContextLengthError
 from .ffmpeg import FfmpegJob, run_job
 from .media import (
     AUDIO_SAMPLE_RATE,
@@ -49,10 +50,15 @@ class MediaReport:
     duration_s: float  # the span analysed
     frames: int  # frames sampled
     audio_s: float  # seconds of audio the model heard
-    audio_truncated_s: float  # seconds of the span's audio beyond the one Whisper window
+    audio_truncated_s: float  # seconds of the span's audio beyond the Whisper windows it heard
 
     def as_dict(self) -> dict:
         return {k: round(v, 3) if isinstance(v, float) else v for k, v in vars(self).items()}
+
+    def heard_in(self, windows: int, window_s: float) -> MediaReport:
+        """The report when a prompt holds only the first ``windows`` windows of the audio."""
+        heard = min(self.audio_s, windows * window_s)
+        return MediaReport(self.duration_s, self.frames, heard, self.audio_truncated_s + self.audio_s - heard)
 
 
 @dataclass
@@ -68,7 +74,7 @@ class Media:
 @dataclass
 class MediaTensors:
     video: torch.Tensor | None  # SigLIP pixel values (F, 3, S, S)
-    audio: torch.Tensor | None  # Whisper log-mel (80, 3000)
+    audio: torch.Tensor | None  # Whisper log-mel (W, 80, 3000): W windows of 30 s
 
 
 @dataclass
@@ -116,7 +122,8 @@ def decode_steps(
     if want_video:
         jobs.append(frames_job(path, info, config.num_frames, config.image_size, limits, span))
     if want_audio:
-        jobs.append(audio_job(path, info, limits, config.audio_seconds, span or whole(info)))
+        heard = config.audio_seconds * config.max_audio_windows  # every window the model takes
+        jobs.append(audio_job(path, info, limits, heard, span or whole(info)))
     results = yield jobs
     frames = results[0] if want_video else None
     if isinstance(frames, FfmpegJob):  # the keyframe plan did not hold: the full decode it asked for
@@ -177,9 +184,11 @@ def encode(model, items: Sequence[MediaTensors]) -> list[EncoderFeatures]:
         for (i, _), feats in zip(videos, pooled):
             out[i].video = feats.clone()
     if audios:
-        hidden = model.encode_audio(torch.stack([m for _, m in audios]).to(device))  # (B_a, 64, Ca)
-        for (i, _), feats in zip(audios, hidden):
-            out[i].audio = feats.clone()
+        # Every window of every clip in one Whisper batch, then each clip's windows in time order.
+        mels = [m if m.dim() == 3 else m[None] for _, m in audios]  # (W_i, 80, 3000)
+        hidden = model.encode_audio(torch.cat(mels).to(device))  # (sum W, 64, Ca)
+        for (i, _), feats in zip(audios, hidden.split([m.shape[0] for m in mels])):
+            out[i].audio = feats.reshape(-1, feats.shape[-1]).clone()  # (W_i * 64, Ca)
     return out
 
 
@@ -210,8 +219,23 @@ class Prompt:
     ids: list[int]
     labels: list[int]  # -100 except on the answers (training)
     counts: dict[str, int]  # audio / video / text tokens
-    audio: bool  # whether the prompt holds the audio placeholders
+    audio_windows: int  # audio placeholders the prompt holds (64 tokens each)
     video: bool
+
+    @property
+    def audio(self) -> bool:
+        return self.audio_windows > 0
+
+
+def audio_windows(media, config: AVChatConfig) -> int:
+    """The audio windows any stage's output holds: log-mel ``(W, 80, 3000)``, or features of
+    ``W * 64`` rows (encoder outputs or projected)."""
+    audio = getattr(media, "audio", None) if media is not None else None
+    if audio is None:
+        return 0
+    if audio.dim() == 3:
+        return audio.shape[0]
+    return max(1, audio.shape[0] // config.audio_tokens) if audio.dim() == 2 else 1
 
 
 def used(modalities: Sequence[str] | None, config: AVChatConfig) -> set[str]:
@@ -226,11 +250,14 @@ def prompt(
     modalities: Sequence[str] | None = None,
     max_new_tokens: int = 0,
     add_generation_prompt: bool = True,
+    max_audio_windows: int | None = None,
 ) -> Prompt:
-    """Token ids of a chat with a placeholder for each stream the media has (any stage's
-    output: its ``video`` / ``audio``) and the request uses; raises ``ContextLengthError`` when
-    it cannot fit the context with ``max_new_tokens`` more, and ``MediaError`` when the media
-    has none of the streams asked for."""
+    """Token ids of a chat with placeholders for each stream the media has (any stage's
+    output: its ``video`` / ``audio``) and the request uses. The audio's windows go in, in
+    time order, as many as it has, at most ``max_audio_windows`` and as many as fit the context
+    with ``max_new_tokens`` more (the media report then says what was not heard: nothing is
+    dropped silently); raises ``ContextLengthError`` when not even one fits, and
+    ``MediaError`` when the media has none of the streams asked for."""
     use = used(modalities, processor.config)
     present = {"video": False, "audio": False}
     if media is not None:
@@ -238,17 +265,27 @@ def prompt(
         if not any(present[m] for m in use):
             have = " and ".join(m for m in ("video", "audio") if present[m]) or "nothing usable"
             raise MissingStream(f"the file has no {' or '.join(sorted(use))} stream to use (it has {have})")
-    audio, video = present["audio"] and "audio" in use, present["video"] and "video" in use
-    ids, labels, counts = processor.encode_chat(
-        messages, audio, video, add_generation_prompt=add_generation_prompt, max_new_tokens=max_new_tokens
-    )
-    return Prompt(ids, labels, counts, audio, video)
+    video = present["video"] and "video" in use
+    windows = audio_windows(media, processor.config) if "audio" in use else 0
+    if max_audio_windows is not None:
+        windows = min(windows, max(1, max_audio_windows))
+    per_window = processor.config.audio_tokens + 1  # its tokens and the newline after it
+    while True:
+        try:
+            ids, labels, counts = processor.encode_chat(
+                messages, windows, video, add_generation_prompt=add_generation_prompt, max_new_tokens=max_new_tokens
+            )
+            return Prompt(ids, labels, counts, windows, video)
+        except ContextLengthError as exc:
+            if windows <= 1:
+                raise
+            windows = max(1, windows - -(-exc.over // per_window))  # the fewest windows fewer that fit
 
 
 @torch.inference_mode()
 def prompt_embeds(model, p: Prompt, media: MediaEmbeddings | None) -> torch.Tensor:
     """The prompt embedding matrix ``(T, H)``: what both engines generate from."""
     video = media.video[None] if p.video else None
-    audio = media.audio[None] if p.audio else None
+    audio = media.audio[None, : p.audio_windows * model.config.audio_tokens] if p.audio else None  # its first windows
     ids = torch.tensor([p.ids], device=model.device)
     return model.merge_media(ids, video, audio)[0]

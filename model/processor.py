@@ -81,10 +81,19 @@ class AVChatProcessor:
             x = F.interpolate(x, size=(size, size), mode="bicubic", align_corners=False).clamp_(0, 1)
         return x.sub_(0.5).div_(0.5)
 
+    def audio_windows(self, samples: int) -> int:
+        """How many Whisper windows ``samples`` of 16 kHz audio take (at least one; at most the model's)."""
+        per_window = int(self.config.audio_seconds * 16_000)
+        return max(1, min(self.config.max_audio_windows, math.ceil(samples / per_window)))
+
     def audio_features(self, audio: np.ndarray) -> torch.Tensor:
-        """16 kHz mono float PCM -> log-mel ``(80, 3000)``."""
-        out = self.feature_extractor(audio.astype(np.float32), sampling_rate=16_000, return_tensors="pt")
-        return out.input_features[0]
+        """16 kHz mono float PCM -> log-mel ``(W, 80, 3000)``: one 30 s window after another (the
+        last padded), as many as the audio fills, at most ``max_audio_windows``."""
+        per_window = int(self.config.audio_seconds * 16_000)
+        audio = audio.astype(np.float32)
+        windows = [audio[i * per_window : (i + 1) * per_window] for i in range(self.audio_windows(len(audio)))]
+        out = self.feature_extractor(windows, sampling_rate=16_000, return_tensors="pt")
+        return out.input_features  # (W, 80, 3000)
 
     # -- text -----------------------------------------------------------------------------------
 
@@ -108,9 +117,10 @@ class AVChatProcessor:
             raise ContextLengthError(prompt + max_new_tokens, limit, prompt, max_new_tokens, at_least=True)
 
     def segments(
-        self, messages: list[dict], has_audio: bool, has_video: bool, add_generation_prompt: bool = True
+        self, messages: list[dict], audio_windows: int, has_video: bool, add_generation_prompt: bool = True
     ) -> list[tuple[str, bool]]:
-        """The prompt as (text, learned) pieces: answers and their EOS are learned, the rest not."""
+        """The prompt as (text, learned) pieces: answers and their EOS are learned, the rest not.
+        ``audio_windows`` audio placeholders (0: none; ``True`` is one), a newline after each."""
         system = self.config.system_prompt
         turns = []
         for i, m in enumerate(messages):
@@ -136,8 +146,7 @@ class AVChatProcessor:
             raise ValueError("the last message must come from the user")
 
         media = ""
-        if has_audio:
-            media += self.config.audio_token + "\n"
+        media += (self.config.audio_token + "\n") * int(audio_windows)
         if has_video:
             media += self.config.video_token + "\n"
         pieces: list[tuple[str, bool]] = []
@@ -164,16 +173,16 @@ class AVChatProcessor:
     def encode_chat(
         self,
         messages: list[dict],
-        has_audio: bool,
+        audio_windows: int,
         has_video: bool,
         add_generation_prompt: bool = True,
         max_new_tokens: int = 0,
     ) -> tuple[list[int], list[int], dict[str, int]]:
         """Token ids, labels and token counts of a chat; raises ``ContextLengthError`` when the
         prompt plus ``max_new_tokens`` cannot fit the context."""
-        media = has_audio * self.config.audio_tokens + has_video * self.config.video_tokens
+        media = int(audio_windows) * self.config.audio_tokens + has_video * self.config.video_tokens
         self.check_text_fits(messages, max_new_tokens, media)
-        ids, labels = self.tokenize(self.segments(messages, has_audio, has_video, add_generation_prompt))
+        ids, labels = self.tokenize(self.segments(messages, audio_windows, has_video, add_generation_prompt))
         limit = self.config.context_length
         if len(ids) + max_new_tokens > limit:
             raise ContextLengthError(len(ids) + max_new_tokens, limit, len(ids), max_new_tokens)

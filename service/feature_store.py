@@ -103,10 +103,18 @@ def decode_value(data: bytes, fp: str, video_id: str, shapes: dict[str, tuple[in
     if not tensors or set(tensors) - set(shapes):
         raise BadValue(f"unexpected tensors {sorted(tensors)}")
     for name, tensor in tensors.items():
-        if tuple(tensor.shape) != shapes[name] or tensor.dtype != dtype:
+        if not _fits(tuple(tensor.shape), shapes[name]) or tensor.dtype != dtype:
             raise BadValue(f"{name} is {tuple(tensor.shape)} {tensor.dtype}, not {shapes[name]} {dtype}")
     embeddings = MediaEmbeddings(video=tensors.get("video"), audio=tensors.get("audio"))
     return meta.get("owner", ""), embeddings, report
+
+
+def _fits(shape: tuple[int, ...], expected: tuple) -> bool:
+    """``expected`` is (rows, width), or (rows per window, width, most windows) for the audio."""
+    if len(expected) == 3:
+        per, width, most = expected
+        return len(shape) == 2 and shape[1] == width and shape[0] % per == 0 and 1 <= shape[0] // per <= most
+    return shape == expected
 
 
 class FeatureStore:

@@ -31,6 +31,9 @@ class VideoChatForm(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = None
     ignore_eos: bool = Field(False, description="generate max_tokens whatever (vLLM's extra; for benchmarks)")
+    max_audio_windows: int | None = Field(
+        None, ge=1, le=64, description="hear at most this many 30 s audio windows (default: all that fit)"
+    )
     stop: str | None = Field(None, description="a stop string, or a JSON array of up to 4")
     input_modalities: str | None = Field(None, description="audio,video (default), video, or audio")
     modalities: str | None = Field(None, description="the same as input_modalities (kept for older clients)")
@@ -87,6 +90,7 @@ def parse_form(fields: dict[str, str], file_field: str | None) -> ChatRequest:
         top_p=sampling.top_p,
         seed=sampling.seed,
         ignore_eos=sampling.ignore_eos,
+        max_audio_windows=sampling.max_audio_windows,
         stop=check_stop(stop),
     )
 

@@ -58,8 +58,8 @@ class MediaInfo(_Response):
     frames: int = Field(description="frames sampled")
     audio_s: float = Field(description="seconds of audio the model heard")
     audio_truncated_s: float = Field(
-        description="seconds of the window's audio it did not hear: the audio branch "
-        "takes one 30 s Whisper window from `start`"
+        description="seconds of the window's audio it did not hear: the audio branch takes up to the "
+        "checkpoint's max_audio_windows 30 s Whisper windows from `start`, as many as fit the context"
     )
 
 
@@ -168,6 +168,7 @@ class ChatRequest:
     seed: int | None
     stop: list[str]
     ignore_eos: bool = False
+    max_audio_windows: int | None = None
 
     def to_sampling_params(self, defaults: dict[str, Any], default_max_tokens: int) -> SamplingParams:
         """The request's values over the checkpoint's generation defaults (as vLLM does)."""
@@ -204,6 +205,7 @@ class SamplingFields(BaseModel):
     top_p: float | None = Field(None, gt=0.0, le=1.0)
     seed: int | None = Field(None, ge=SEED_RANGE[0], le=SEED_RANGE[1])
     ignore_eos: bool = False
+    max_audio_windows: int | None = Field(None, ge=1, le=64)
     start: Start = None
     end: End = None
 
@@ -334,6 +336,9 @@ class ChatCompletionRequest(BaseModel):
     start: Start = Field(None, description="analyse from this second (also a field of video_url)")
     end: End = None
     ignore_eos: bool = Field(False, description="generate max_tokens whatever (vLLM's extra; for benchmarks)")
+    max_audio_windows: int | None = Field(
+        None, ge=1, le=64, description="hear at most this many 30 s audio windows (default: all that fit)"
+    )
 
     @field_validator("modalities")
     @classmethod
@@ -385,6 +390,7 @@ class ChatCompletionRequest(BaseModel):
             seed=self.seed,
             stop=check_stop(self.stop),
             ignore_eos=self.ignore_eos,
+            max_audio_windows=self.max_audio_windows,
         )
 
 

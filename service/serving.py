@@ -57,6 +57,7 @@ class Prepared:
     media: CachedMedia | None
     params: SamplingParams
     alias: str | None  # a uuid to register once the answer is complete
+    window_s: float = 30.0  # seconds of audio one window holds
 
     def usage(self, completion_tokens: int) -> Usage:
         counts = self.prompt.counts
@@ -79,7 +80,10 @@ class Prepared:
         """What the model saw and heard: the streams this request left out count as none."""
         if self.media is None:
             return None
-        report = self.media.report.as_dict()
+        report = self.media.report
+        if self.prompt.audio:  # the windows the prompt holds are what was heard
+            report = report.heard_in(self.prompt.audio_windows, self.window_s)
+        report = report.as_dict()
         if not self.prompt.audio:
             report.update(audio_s=0.0, audio_truncated_s=0.0)
         if not self.prompt.video:
@@ -151,7 +155,8 @@ class ChatService:
         p, embeds = await asyncio.to_thread(self._prompt, chat, media, params)
         for kind, n in p.counts.items():
             METRICS.prompt_tokens.labels(kind).inc(n)
-        return Prepared(embeds, p, media, params, ref.alias if ref is not None and video is not None else None)
+        alias = ref.alias if ref is not None and video is not None else None
+        return Prepared(embeds, p, media, params, alias, self.model.config.audio_seconds)
 
     async def _resolve_url(self, url: str, param: str, deadline: float) -> TempVideo:
         s = self.settings
@@ -170,7 +175,12 @@ class ChatService:
         embeddings = media.embeddings if media else None
         try:
             p = pipeline.prompt(
-                self.model.processor, chat.messages, embeddings, chat.input_modalities, max_new_tokens=params.max_tokens
+                self.model.processor,
+                chat.messages,
+                embeddings,
+                chat.input_modalities,
+                max_new_tokens=params.max_tokens,
+                max_audio_windows=chat.max_audio_windows,
             )
         except ValueError as exc:
             if type(exc) is not ValueError:  # the model's own errors (context, media, modalities)

@@ -16,8 +16,11 @@ MEDIA = Path(__file__).resolve().parent / "media"
 # service process, trains, runs the paper's sizes, or builds an environment.
 SLOW_MODULES = {
     "test_api_features",
+    "test_batch",
+    "test_batch_offline",
     "test_cli",
     "test_fleet",
+    "test_long_audio",
     "test_page",
     "test_readme",
     "test_real_size",

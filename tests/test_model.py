@@ -277,3 +277,17 @@ def test_embeddings_only_holds_just_the_table_and_embeds_the_same(tiny, media_di
     p = prompt(tiny.processor, [{"role": "user", "content": "What do you hear?"}], full)
     assert torch.equal(prompt_embeds(tiny, p, full), prompt_embeds(light, p, mine))
     assert light.generation_config is not None
+
+
+def test_windows_of_several_clips_are_encoded_in_one_batch_and_match_alone(tiny):
+    from model.pipeline import MediaTensors, encode
+
+    rng = np.random.default_rng(3)
+    three = torch.from_numpy(rng.standard_normal((3, 80, 3000)).astype(np.float32))
+    one = torch.from_numpy(rng.standard_normal((1, 80, 3000)).astype(np.float32))
+    together = encode(tiny, [MediaTensors(None, three), MediaTensors(None, one)])
+    assert together[0].audio.shape == (3 * 64, tiny.config.audio_config.d_model)
+    assert together[1].audio.shape == (64, tiny.config.audio_config.d_model)
+    for w in range(3):  # window w of the first clip is that window encoded on its own
+        alone = encode(tiny, [MediaTensors(None, three[w : w + 1])])[0].audio
+        assert torch.allclose(together[0].audio[w * 64 : (w + 1) * 64], alone, atol=1e-4)

@@ -55,7 +55,7 @@ def test_every_real_clip_goes_through_the_processor(tiny, media_files):
             assert tensors.video.shape == (len(media.frames.frames), 3, 384, 384)
             assert -1.0 <= float(tensors.video.min()) <= float(tensors.video.max()) <= 1.0
         if media.audio is not None:
-            assert tensors.audio.shape == (80, 3000)
+            assert tensors.audio.shape == (1, 80, 3000)  # one 30 s window: a one-window model
         assert len(p.ids) == sum(p.counts.values())
 
 
@@ -81,7 +81,7 @@ def test_prompt_follows_the_bunny_template(tiny):
     proc = tiny.processor
     pieces = proc.segments(
         [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}],
-        has_audio=True,
+        audio_windows=True,
         has_video=True,
     )
     text = "".join(t for t, _ in pieces)
@@ -215,3 +215,53 @@ def test_one_modality_vocabulary_for_every_caller():
             modalities.check(bad)
     with pytest.raises(ValueError, match="smell"):
         tiny_config().__class__(modalities=["smell"])
+
+
+def _windowed(tiny, windows: int) -> AVChatProcessor:
+    config = tiny_config()
+    config.max_audio_windows = windows
+    return AVChatProcessor(tiny.processor.tokenizer, config)
+
+
+@pytest.mark.parametrize("seconds, most, expected", [(20, 4, 1), (45, 4, 2), (200, 4, 4), (200, 1, 1), (60, 2, 2)])
+def test_audio_fills_as_many_windows_as_it_needs_up_to_the_models(tiny, seconds, most, expected):
+    proc = _windowed(tiny, most)
+    mel = proc.audio_features(np.zeros(16000 * seconds, dtype=np.float32))
+    assert mel.shape == (expected, 80, 3000)
+
+
+@pytest.mark.parametrize("windows", [1, 2, 4])
+def test_each_window_is_64_tokens_in_time_order_with_a_newline_between(tiny, windows):
+    proc = _windowed(tiny, 4)
+    media = MediaTensors(torch.zeros(2, 3, 384, 384), torch.zeros(windows, 80, 3000))
+    p = prompt(proc, [{"role": "user", "content": "What do you hear?"}], media)
+    assert p.audio_windows == windows and p.counts["audio"] == 64 * windows and p.counts["video"] == 829
+    ids = p.ids
+    newline = proc.tokenizer("\n", add_special_tokens=False).input_ids
+    first = ids.index(proc.audio_token_id)
+    for w in range(windows):  # each block: 64 <audio> ids, then the newline
+        block = ids[first + w * (64 + len(newline)) :][: 64 + len(newline)]
+        assert block[:64] == [proc.audio_token_id] * 64 and block[64:] == newline, w
+    assert ids[first + windows * (64 + len(newline))] == proc.video_token_id  # then the video
+
+
+def test_the_windows_that_do_not_fit_are_left_out_and_said_so(tiny):
+    proc = _windowed(tiny, 20)
+    media = MediaTensors(torch.zeros(2, 3, 384, 384), torch.zeros(20, 80, 3000))  # 10 minutes of sound
+    messages = [{"role": "user", "content": "What do you hear?"}]
+    p = prompt(proc, messages, media, max_new_tokens=256)
+    assert 1 <= p.audio_windows < 20 and len(p.ids) + 256 <= 2048
+    one_more = proc.encode_chat(messages, p.audio_windows + 1, True)[0]
+    assert len(one_more) + 256 > 2048  # the most that fit
+    assert prompt(proc, messages, media, max_new_tokens=256, max_audio_windows=3).audio_windows == 3
+    report = pipeline.MediaReport(600.0, 100, 600.0, 0.0).heard_in(p.audio_windows, 30.0)
+    assert report.audio_s == 30.0 * p.audio_windows and report.audio_truncated_s == 600.0 - report.audio_s
+    with pytest.raises(ContextLengthError, match="over the model's context"):  # not even one window fits
+        prompt(proc, messages, media, max_new_tokens=1200)
+
+
+def test_a_one_window_checkpoint_hears_one_window_as_before(tiny):
+    media = MediaTensors(None, tiny.processor.audio_features(np.zeros(16000 * 90, dtype=np.float32)))
+    assert media.audio.shape == (1, 80, 3000)
+    p = prompt(tiny.processor, [{"role": "user", "content": "?"}], media)
+    assert p.audio_windows == 1 and p.counts["audio"] == 64

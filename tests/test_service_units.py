@@ -218,3 +218,12 @@ def test_an_ffmpeg_job_over_its_time_is_killed_with_a_clear_error():
         assert time.monotonic() - started < 5
 
     assert asyncio.run(_run_and_collect(overrun)) == []
+
+
+def test_stored_audio_may_hold_any_number_of_windows_up_to_the_models():
+    from service.feature_store import _fits
+
+    audio = (64, 32, 4)  # 64 rows a window, 32 wide, at most 4 windows
+    assert all(_fits((64 * w, 32), audio) for w in (1, 2, 4))
+    assert not any(_fits(shape, audio) for shape in ((0, 32), (64 * 5, 32), (65, 32), (64, 31), (1, 64, 32)))
+    assert _fits((829, 32), (829, 32)) and not _fits((828, 32), (829, 32))

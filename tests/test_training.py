@@ -757,7 +757,7 @@ def test_audiocaps_keeps_the_ten_seconds_from_start_time(tiny, tiny_home, tmp_pa
     example = ManifestDataset([str(tmp_path / "ac.jsonl")], tiny.processor, ["audio"]).load(
         json.loads((tmp_path / "ac.jsonl").read_text().splitlines()[0]) | {"audio": str(audio / "yt0.wav")}
     )
-    mel = example.raw.audio  # (80, 3000): 10 s of sound, then the padding of the 30 s window
+    (mel,) = example.raw.audio  # one window (80, 3000): 10 s of sound, then the padding of the 30 s window
     assert mel[:, 900:1100].std() > mel[:, 1100:].std() * 2
 
 

@@ -34,6 +34,9 @@ class TrainConfig:
     """Run folder: trainer checkpoints, TensorBoard logs, loss.png, and the exported checkpoint."""
     feature_cache: str | None = None
     """A feature cache folder from `training.prepare features`; media missing there is encoded on the fly."""
+    max_audio_windows: int | None = None
+    """30 s audio windows the model takes, which the checkpoint then declares (default: the starting
+    checkpoint's; 1 is the paper's one window). Samples carry as many as their audio needs."""
     modalities: list[str] = field(default_factory=lambda: ["audio", "video"])
     """Branches this run uses; `video` trains the paper's vision-only baseline."""
     branch: str = "audio"
@@ -154,6 +157,8 @@ def validate(cfg: TrainConfig, stage: str) -> list[str]:
         problems.append(str(exc))
     if stage == "pretrain" and cfg.branch not in ("audio", "vision"):
         problems.append(f"branch: audio or vision, not {cfg.branch!r}")
+    if cfg.max_audio_windows is not None and cfg.max_audio_windows < 1:
+        problems.append(f"max_audio_windows: at least 1, got {cfg.max_audio_windows}")
     for name in (
         "learning_rate",
         "num_train_epochs",

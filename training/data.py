@@ -86,7 +86,19 @@ class Example:
     raw: pipeline.MediaTensors = field(default_factory=lambda: pipeline.MediaTensors(None, None))
 
     def has(self, kind: str) -> bool:
-        return getattr(self.cached, kind) is not None or getattr(self.raw, kind) is not None
+        return self.stream(kind) is not None
+
+    def stream(self, kind: str):
+        """The stream's tensor, whichever form it is in."""
+        cached = getattr(self.cached, kind)
+        return cached if cached is not None else getattr(self.raw, kind)
+
+    def keep_windows(self, windows: int, tokens_per_window: int) -> None:
+        """Only the first ``windows`` audio windows (those the prompt could hold; 0: none)."""
+        if self.raw.audio is not None:
+            self.raw.audio = self.raw.audio[:windows] if windows else None
+        if self.cached.audio is not None:
+            self.cached.audio = self.cached.audio[: windows * tokens_per_window] if windows else None
 
     def encoded(self, model) -> pipeline.EncoderFeatures:
         """Every stream as encoder features: the cached ones as they are, the raw ones encoded."""
@@ -155,8 +167,9 @@ class ManifestDataset(Dataset):
                 tensors = pipeline.preprocess(self.processor, media)
                 for kind in kinds:
                     setattr(example.raw, kind, getattr(tensors, kind))
-        streams = pipeline.MediaTensors(*(True if example.has(k) else None for k in ("video", "audio")))
+        streams = pipeline.MediaTensors(*(example.stream(k) for k in ("video", "audio")))
         p = pipeline.prompt(self.processor, to_messages(row), streams, add_generation_prompt=False)
+        example.keep_windows(p.audio_windows, self.processor.config.audio_tokens)  # what fits the context
         if self.max_length and len(p.ids) > self.max_length:
             raise ContextLengthError(len(p.ids), self.max_length, len(p.ids), 0)
         example.ids, example.labels = p.ids, p.labels
@@ -175,8 +188,9 @@ def _decode(path: str, config, kinds: list[str], window: Window | None = None) -
 
 
 class Collator:
-    """Pads examples into a batch. Per stream, ``*_cached`` (B_m, ...) holds the cached features
-    and ``*_raw`` a list of raw tensors; ``*_is_cached`` says, in batch order, which is which
+    """Pads examples into a batch. Per stream, ``*_cached`` holds the cached features (video
+    stacked, ``(B_v, ...)``; audio a list, one ``(W_i * 64, Ca)`` per sample) and ``*_raw`` a list
+    of raw tensors; ``*_is_cached`` says, in batch order, which is which
     for the samples that have the stream. The trainer encodes the raw ones."""
 
     def __init__(self, pad_token_id: int):
@@ -199,8 +213,8 @@ class Collator:
             batch[f"{kind}_is_cached"] = torch.tensor(flags)
             cached = [getattr(e.cached, kind) for e, f in zip(have, flags) if f]
             raw = [getattr(e.raw, kind) for e, f in zip(have, flags) if not f]
-            if cached:
-                batch[f"{kind}_cached"] = torch.stack(cached)
+            if cached:  # audio: a list, as clips hold different numbers of windows
+                batch[f"{kind}_cached"] = torch.stack(cached) if kind == "video" else cached
             if raw:
                 batch[f"{kind}_raw"] = raw
         return batch

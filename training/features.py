@@ -54,6 +54,7 @@ def encoder_signature(config) -> dict:
         "feature_layer": config.vision_feature_layer,
         "audio_tokens": config.audio_tokens,
         "audio_seconds": config.audio_seconds,
+        "max_audio_windows": config.max_audio_windows,
     }
 
 
@@ -181,6 +182,8 @@ def build(args) -> int:
     if device == "cuda" and world > 1:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', rank)) % max(1, torch.cuda.device_count())}"
     model = AVChatModel.from_pretrained(args.model, device=device)
+    if args.max_audio_windows:
+        model.config.max_audio_windows = args.max_audio_windows
     store = FeatureStore(args.cache, model.config, shard_size=args.shard_size, writer=f"{rank}of{world}")
     media = sorted(media_of(args.manifest, args.data_root).items())[rank::world]
     skipped: list[tuple[str, str]] = []
@@ -251,6 +254,12 @@ def parser(prog: str = "python -m training.features") -> argparse.ArgumentParser
         help="encode only the I-th of N parts (default: RANK/WORLD_SIZE of a torchrun launch)",
     )
     p.add_argument("--shard-size", type=int, default=256, help="files per safetensors shard")
+    p.add_argument(
+        "--max-audio-windows",
+        type=int,
+        default=None,
+        help="30 s audio windows to encode per file (default: the model's; training's --max-audio-windows)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="files encoded together")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="parallel decodes")
     return p

@@ -20,6 +20,8 @@ COLOURS = {"red": (230, 40, 40), "green": (40, 200, 60), "blue": (40, 80, 230), 
 MOTIONS = ("sideways", "up and down")
 SOUNDS = ("a low tone", "a high tone", "noise", "silence")
 SIZE, FPS, SECONDS, RATE = 96, 10, 2.0, 16_000
+LONG_FPS = 2  # long clips: frames are cheap to sample, but 100 of them over minutes need few
+EARLY_S = 4.0  # an "early" long clip's sound lasts this long, then silence
 
 QUESTIONS = {
     "visual": [("What colour is the square?", "colour"), ("Which colour do you see?", "colour")],
@@ -35,15 +37,25 @@ class ClipSpec:
     motion: str
     sound: str
     seed: int
+    seconds: float = SECONDS
+    sound_at: str = (
+        "all"  # "all"; "late": silence, then the sound from `onset` on; "early": EARLY_S of it, then silence
+    )
+    onset: float = 0.0
 
     @property
     def name(self) -> str:
-        return f"{self.colour}-{self.motion.replace(' ', '')}-{self.sound.replace(' ', '')}-{self.seed}"
+        base = f"{self.colour}-{self.motion.replace(' ', '')}-{self.sound.replace(' ', '')}-{self.seed}"
+        return base if self.sound_at == "all" else f"{base}-{self.sound_at}{self.seconds:.0f}s"
+
+    @property
+    def fps(self) -> int:
+        return FPS if self.seconds <= 10 else LONG_FPS
 
 
 def _frames(spec: ClipSpec) -> np.ndarray:
     rng = np.random.default_rng(spec.seed)
-    n = int(SECONDS * FPS)
+    n = int(spec.seconds * spec.fps)
     frames = np.full((n, SIZE, SIZE, 3), 24, dtype=np.uint8)
     side = 28
     start = rng.integers(side, SIZE - 2 * side)
@@ -58,7 +70,7 @@ def _frames(spec: ClipSpec) -> np.ndarray:
 
 def _audio(spec: ClipSpec) -> np.ndarray:
     rng = np.random.default_rng(spec.seed + 1)
-    t = np.arange(int(SECONDS * RATE)) / RATE
+    t = np.arange(int(spec.seconds * RATE)) / RATE
     if spec.sound == "a low tone":
         wave_ = 0.5 * np.sin(2 * np.pi * rng.uniform(200, 300) * t)
     elif spec.sound == "a high tone":
@@ -67,6 +79,9 @@ def _audio(spec: ClipSpec) -> np.ndarray:
         wave_ = rng.uniform(-0.5, 0.5, t.shape)
     else:
         wave_ = rng.normal(0, 1e-4, t.shape)
+    quiet = (t < spec.onset) if spec.sound_at == "late" else (t >= EARLY_S) if spec.sound_at == "early" else None
+    if quiet is not None:
+        wave_ = np.where(quiet, rng.normal(0, 1e-4, t.shape), wave_)
     return wave_.astype(np.float32)
 
 
@@ -101,7 +116,7 @@ def make_clip(spec: ClipSpec, path: Path) -> Path:
             "-s",
             f"{SIZE}x{SIZE}",
             "-r",
-            str(FPS),
+            str(spec.fps),
             "-i",
             "pipe:",
             "-i",
@@ -113,7 +128,7 @@ def make_clip(spec: ClipSpec, path: Path) -> Path:
             "-pix_fmt",
             "yuv420p",
             "-g",
-            str(FPS),
+            str(spec.fps),
             "-c:a",
             "aac",
             "-b:a",
@@ -147,14 +162,39 @@ def specs(n: int, seed: int) -> list[ClipSpec]:
     return out[:n]
 
 
-def build(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int = 2) -> dict[str, Path]:
-    """Clips, a stage-1 audio manifest, a stage-2 QA manifest and a held-out QA manifest."""
+def long_specs(n: int, seed: int, longest: float = 110.0) -> list[ClipSpec]:
+    """n clips of 40 s to ``longest`` whose sound is either late (silence first, the sound from
+    35 s or later) or early (its first 4 s, then silence), alternately; never silent throughout."""
+    rng = random.Random(seed + 7)
+    sounds = [s for s in SOUNDS if s != "silence"]
+    out = []
+    for i in range(n):
+        seconds = round(rng.uniform(40.0, longest), 1)
+        at = "late" if i % 2 == 0 else "early"
+        onset = round(rng.uniform(35.0, seconds - 8.0), 1) if at == "late" else 0.0
+        colour, motion = rng.choice(list(COLOURS)), rng.choice(MOTIONS)
+        out.append(ClipSpec(colour, motion, rng.choice(sounds), seed * 100_000 + 50_000 + i, seconds, at, onset))
+    return out
+
+
+def kind_of(spec: ClipSpec, kind: str) -> str:
+    """A question's kind in the report: sound questions about late sounds have a column of their own."""
+    return "late sound" if kind == "audio" and spec.sound_at == "late" else kind
+
+
+def build(
+    out: Path, n_train: int, n_test: int, seed: int = 0, workers: int = 2, n_long: tuple[int, int] = (0, 0)
+) -> dict[str, Path]:
+    """Clips, a stage-1 audio manifest, a stage-2 QA manifest and a held-out QA manifest; with
+    ``n_long`` (train, test), long clips whose sound is late or early join stage 2 and the test."""
     clips = out / "clips"
     train, test = specs(n_train, seed), specs(n_test, seed + 1)
+    long_train, long_test = long_specs(n_long[0], seed), long_specs(n_long[1], seed + 1)
     with ThreadPoolExecutor(workers) as pool:
         list(
             pool.map(
-                lambda s: (clips / f"{s.name}.mp4").exists() or make_clip(s, clips / f"{s.name}.mp4"), train + test
+                lambda s: (clips / f"{s.name}.mp4").exists() or make_clip(s, clips / f"{s.name}.mp4"),
+                train + test + long_train + long_test,
             )
         )
     paths = {"stage1": out / "stage1.jsonl", "train": out / "train.jsonl", "test": out / "test.jsonl"}
@@ -174,7 +214,7 @@ def build(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int = 2)
             for s in train
         ),
     )
-    for split, items in (("train", train), ("test", test)):
+    for split, items in (("train", train + long_train), ("test", test + long_test)):
         jsonl.write(
             paths[split],
             (
@@ -182,7 +222,7 @@ def build(out: Path, n_train: int, n_test: int, seed: int = 0, workers: int = 2)
                     "id": f"{split}-{s.name}-{field}",
                     "video": f"clips/{s.name}.mp4",
                     "audio_from_video": True,
-                    "kind": kind,
+                    "kind": kind_of(s, kind),
                     "field": field,
                     "conversations": [
                         {"from": "human", "value": "<video>\n<audio>\n" + q},

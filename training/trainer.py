@@ -43,6 +43,8 @@ def setup(cfg: TrainConfig, stage: str) -> AVChatModel:
       only with modalities video: the baseline never touches audio).
     """
     model = AVChatModel.from_pretrained(cfg.model, dtype=getattr(torch, cfg.frozen_dtype))
+    if cfg.max_audio_windows:
+        model.config.max_audio_windows = cfg.max_audio_windows  # saved with the checkpoint: served so too
     model.requires_grad_(False)
     if stage == "pretrain":
         projector = model.audio_projector if cfg.branch == "audio" else model.vision_projector
@@ -102,7 +104,9 @@ def encoder_features(model: AVChatModel, batch: dict) -> dict:
             else:
                 parts.append(fresh[r])
                 r += 1
-        inputs[f"{kind}_features"] = torch.stack([p.to(parts[0].device) for p in parts])
+        parts = [p.to(parts[0].device) for p in parts]
+        # Video: (B_v, T + P, Cv); audio: each sample's windows one after another (their counts differ).
+        inputs[f"{kind}_features"] = torch.stack(parts) if kind == "video" else torch.cat(parts)
     return inputs
 
 

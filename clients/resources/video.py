@@ -52,6 +52,7 @@ class VideoChat:
         modalities: list[str] | str | None = None,
         start: float | None = None,
         end: float | None = None,
+        max_audio_windows: int | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -64,7 +65,8 @@ class VideoChat:
         """Ask about a video. ``video`` is a path, bytes, a binary file object or a video_id;
         ``image`` a still image; ``uuid`` names the upload for later requests (or, alone, reuses
         it). ``input_modalities`` (``modalities`` is its older name) picks the streams used;
-        ``start``/``end`` the seconds analysed; ``affinity`` the key a router sends the request on
+        ``start``/``end`` the seconds analysed; ``max_audio_windows`` how many 30 s windows of
+        sound it may hear at most; ``affinity`` the key a router sends the request on
         by (default: the video_id, when asking about one). Returns a :class:`ChatCompletion`, or
         with ``stream=True`` a ``Stream[ChatCompletionChunk]``."""
         headers = _affinity(video, video_id, affinity)
@@ -99,6 +101,7 @@ class AsyncVideoChat:
         modalities: list[str] | str | None = None,
         start: float | None = None,
         end: float | None = None,
+        max_audio_windows: int | None = None,
         max_tokens: int | None = None,
         temperature: float | None = None,
         top_p: float | None = None,
@@ -134,6 +137,7 @@ def _options(args: dict[str, Any]) -> dict[str, Any]:
         "stream_options",
         "start",
         "end",
+        "max_audio_windows",
     )
     out = {k: args[k] for k in keys}
     out["input_modalities"] = args["input_modalities"] if args["input_modalities"] is not None else args["modalities"]
