@@ -10,7 +10,7 @@ CLIP ?= model/demo/sample.mp4
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 QUESTION ?= What colour is the square, and what do you hear?
 
-.PHONY: install install-dev system-deps demo serve ask lint test test-fast test-wheel-ffmpeg bench experiment clean
+.PHONY: install install-dev install-extras system-deps demo serve ask lint test test-fast test-wheel-ffmpeg bench experiment clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
+
+# The optional extras whose tests skip without them (CI installs them): Ray Data for batch inference.
+install-extras: install-dev
+	$(PY) -m pip install -q -e '.[ray]'
 
 demo: install
 	PY=$(PY) PORT=$(PORT) CLIP="$(CLIP)" QUESTION="$(QUESTION)" scripts/demo.sh

@@ -84,6 +84,7 @@ class Generations:
         self.concurrency, self.limit = concurrency, concurrency + queue
         self.held: set[Ticket] = set()
         self.slots = asyncio.Semaphore(concurrency)
+        self.waiting = 0  # requests waiting for a slot (a batch runs only while none does)
         self.setup_s = _Average(1.0)  # admission to first token: decode, encoders, queue, prefill
         self.token_s = _Average(0.05)  # seconds per generated token
 
@@ -105,10 +106,12 @@ class Generations:
     async def slot(self, wait=None):
         """A generation slot; ``wait`` wraps the wait for it (the caller's deadline, the stop)."""
         METRICS.queue_depth.inc()
+        self.waiting += 1
         try:
             acquire = self.slots.acquire()
             await (acquire if wait is None else wait(acquire))
         finally:
+            self.waiting -= 1
             METRICS.queue_depth.dec()
         METRICS.active.inc()
         try:

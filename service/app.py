@@ -21,13 +21,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.staticfiles import StaticFiles
 
-from model.ffmpeg import FfmpegMissing, check_ffmpeg
+from model.ffmpeg import FfmpegMissing
 
 from . import openapi, reaper
-from .admission import Admission
 from .api_router import STATIC, metrics_router, router
+from .batch_router import router as batch_router
+from .batch_store import BatchStore
+from .batches import Batches
 from .deps import State
 from .errors import ERROR_TABLE, describe, error_body
+from .loading import load
 from .metrics import METRICS
 from .middleware import AuthGuard, HostGuard, RequestContext
 from .settings import Settings, get_settings
@@ -60,6 +63,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             task.cancel()
         if state.worker is not None and state.worker.tiers.store is not None:
             await state.worker.tiers.store.close()
+        if state.batches is not None:
+            state.batches.store.close()
         if state.chat is not None:
             state.chat.stop()
         if state.engine is not None:
@@ -82,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.avchat = state
     app.include_router(router)
+    app.include_router(batch_router)
     if docs:
         app.include_router(openapi.docs_router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -147,93 +153,28 @@ async def _route_error(request: Request, exc) -> JSONResponse:
 
 
 async def _startup(state: State) -> None:
-    from .engines import choose, create_engine
-    from .media_worker import MediaWorker
-    from .serving import ChatService
-
+    """Loads everything in the background (/health answers meanwhile), then starts the tasks."""
     settings = state.settings
     try:
-        version = await asyncio.to_thread(check_ffmpeg)
+        parts = await load(settings)
     except FfmpegMissing as exc:
         state.error = str(exc)
         log.error("ffmpeg is not usable", extra={"fields": {"reason": state.error}})
         return
-    try:
-        kind = choose(settings.engine, settings.device)
-        # With vLLM running the LLM, the service keeps only its embedding table (not a second copy).
-        model = await asyncio.to_thread(_load_model, settings, kind == "vllm")
-        try:
-            engine = await asyncio.to_thread(create_engine, kind, model, settings)
-        except Exception as exc:
-            if settings.engine != "auto":
-                raise
-            log.warning("vLLM did not start (%s); using the transformers engine", exc)
-            model = await asyncio.to_thread(_load_model, settings, False)
-            engine = create_engine("transformers", model, settings)
-        state.model, state.engine = model, engine
-        state.worker = MediaWorker(model, settings)
-        if settings.feature_store:
-            state.worker.tiers.store = _store(settings, state.worker, model)
-            state.tasks.append(asyncio.create_task(state.worker.tiers.store.watch()))
-        state.admission = Admission(settings)
-        state.chat = ChatService(model, state.worker, engine, settings, generation_defaults(model), state.admission)
-        METRICS.engine.labels(engine.name, settings.model_id).set(1)
-        state.ready = True
-        METRICS.ready.set(1)
-        log.info("ready", extra={"fields": {"model": settings.model, "engine": engine.name, "ffmpeg": version}})
     except Exception as exc:
         state.error = f"the model failed to load: {type(exc).__name__}: {exc}"
         log.error("model load failed: %s", state.error)
-
-
-def _store(settings: Settings, worker, model):
-    """The shared feature tier, for this checkpoint (its fingerprint) and the tensors it produces."""
-    import torch
-
-    from .feature_store import FeatureStore
-
-    config = model.config
-    shapes = {"video": (config.video_tokens, config.hidden_size), "audio": (config.audio_tokens, config.hidden_size)}
-    store = FeatureStore(
-        settings.feature_store,
-        worker.fingerprint,
-        settings.feature_ttl_s,
-        settings.feature_store_timeout_s,
-        shapes,
-        getattr(torch, settings.dtype),
-        settings.device,
-    )
-    log.info("feature store", extra={"fields": {"url": store.safe_url(), "fingerprint": worker.fingerprint}})
-    return store
-
-
-def _load_model(settings: Settings, embeddings_only: bool):
-    """The model, loaded in a worker thread so /health answers meanwhile."""
-    import torch
-    from transformers.utils import logging as hf_logging
-
-    from model import AVChatModel
-
-    hf_logging.disable_progress_bar()  # no "Loading weights" bars in a service log
-    return AVChatModel.from_pretrained(
-        settings.model, dtype=getattr(torch, settings.dtype), device=settings.device, embeddings_only=embeddings_only
-    )
-
-
-def generation_defaults(model) -> dict:
-    """Sampling defaults from the checkpoint's generation_config.json, as vLLM takes them: greedy
-    unless it samples (``do_sample``), then its temperature and top_p; its max_new_tokens."""
-    config = model.generation_config
-    if config is None:
-        return {}
-    defaults = (
-        {"temperature": float(config.temperature or 1.0), "top_p": float(config.top_p or 1.0)}
-        if config.do_sample
-        else {"temperature": 0.0}
-    )
-    if config.max_new_tokens:
-        defaults["max_tokens"] = int(config.max_new_tokens)
-    return defaults
+        return
+    state.model, state.engine, state.worker = parts.model, parts.engine, parts.worker
+    state.admission, state.chat = parts.admission, parts.chat
+    if state.worker.tiers.store is not None:
+        state.tasks.append(asyncio.create_task(state.worker.tiers.store.watch()))
+    state.batches = Batches(BatchStore(settings.data_dir), state.chat, settings)
+    state.tasks.append(asyncio.create_task(state.batches.run()))
+    METRICS.engine.labels(state.engine.name, settings.model_id).set(1)
+    state.ready = True
+    METRICS.ready.set(1)
+    log.info("ready", extra={"fields": {"model": settings.model, "engine": state.engine.name, "ffmpeg": parts.ffmpeg}})
 
 
 class _JsonFormatter(logging.Formatter):

@@ -17,7 +17,7 @@ class State:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.ready = False
-        self.model = self.worker = self.engine = self.chat = self.admission = None
+        self.model = self.worker = self.engine = self.chat = self.admission = self.batches = None
         self.error: str | None = None  # why starting failed, as a sentence
         self.fatal: str | None = None  # why the service stopped serving
         self.stopping = False
@@ -30,6 +30,8 @@ class State:
         if self.loop is None or self.stopping:
             return
         self.stopping = True
+        if self.batches is not None:
+            self.loop.call_soon_threadsafe(self.batches.pause)
         chat = self.chat
         if chat is not None:
             self.loop.call_soon_threadsafe(self.loop.call_later, self.settings.drain_timeout_s, chat.stop)

@@ -75,6 +75,14 @@ class RequestTimedOut(ServiceError):
     """The request ran past the request timeout."""
 
 
+class NotFound(ServiceError):
+    """A file or batch this caller never created (another key's are reported so too)."""
+
+
+class TooManyBatches(ServiceError):
+    """A key with as many batches in flight as it may have."""
+
+
 class WrongContentType(ServiceError):
     """A body in a format the route does not take (JSON routes take only application/json)."""
 
@@ -113,12 +121,14 @@ ERROR_TABLE: list[tuple[type[BaseException], int, str, str | None]] = [
     (MediaLimitError, 400, "invalid_request_error", "media_over_limit"),
     (Unauthorized, 401, "authentication_error", "invalid_api_key"),
     (UnknownVideo, 404, "not_found_error", "video_not_found"),
+    (NotFound, 404, "not_found_error", None),
     (UploadTooSlow, 408, "timeout_error", "upload_too_slow"),
     (UploadTooLarge, 413, "payload_too_large", "upload_too_large"),
     (WrongContentType, 415, "invalid_request_error", "unsupported_content_type"),
     (NotAContainerError, 415, "unsupported_media_type", "not_a_video"),
     (MediaError, 415, "unsupported_media_type", "invalid_media"),
     (InvalidFields, 422, "invalid_request_error", None),
+    (TooManyBatches, 429, "rate_limit_error", "batch_limit"),
     (ClientGone, 499, "client_closed", None),
     (AtCapacity, 503, "overloaded_error", None),
     (NotReady, 503, "service_unavailable", None),

@@ -46,7 +46,7 @@ async def _off_loop(size: int, fn, *args):
     return await asyncio.to_thread(fn, *args) if size > OFF_LOOP_BYTES else fn(*args)
 
 
-def _declared(headers, cap: int, what: str) -> int | None:
+def declared_length(headers, cap: int, what: str) -> int | None:
     """The body's Content-Length, refused at once when over the cap."""
     value = headers.get("content-length")
     if value is None or not value.isdigit():
@@ -57,7 +57,7 @@ def _declared(headers, cap: int, what: str) -> int | None:
     return declared
 
 
-def _reader(request, settings, cap: int, account: BodyAccount, what: str) -> BodyReader:
+def body_reader(request, settings, cap: int, account: BodyAccount, what: str) -> BodyReader:
     s = settings
     return BodyReader(
         request.receive, cap, s.upload_min_bytes, s.upload_rate_window_s, s.upload_timeout_s, account, what
@@ -68,11 +68,11 @@ async def read_video_chat(request, settings, admission: Admission, processor) ->
     """``POST /v1/video/chat``: the form and its file."""
     s = settings
     cap = s.max_upload_bytes + s.max_form_fields * s.max_field_bytes
-    account = BodyAccount(admission, _declared(request.headers, cap, "upload"))
+    account = BodyAccount(admission, declared_length(request.headers, cap, "upload"))
     try:
         form = await read_form(
             request.headers.get("content-type", ""),
-            _reader(request, s, cap, account, "upload"),
+            body_reader(request, s, cap, account, "upload"),
             s.temp_dir,
             s.max_upload_bytes,
             FILE_FIELDS,
@@ -100,12 +100,10 @@ def _checked_form(fields: dict, file_field: str | None, processor) -> ChatReques
 async def read_chat_completion(request, settings, admission: Admission, processor) -> Intake:
     """``POST /v1/chat/completions``: the JSON body, and its video when it came as a data: URL."""
     s = settings
-    ctype, _ = parse_options_header(request.headers.get("content-type", ""))
-    if ctype != b"application/json":
-        raise WrongContentType("send the body as JSON with Content-Type: application/json", param="content-type")
-    account = BodyAccount(admission, _declared(request.headers, s.max_json_bytes, "request body"))
+    require_json(request)
+    account = BodyAccount(admission, declared_length(request.headers, s.max_json_bytes, "request body"))
     try:
-        body = await _reader(request, s, s.max_json_bytes, account, "request body").read()
+        body = await body_reader(request, s, s.max_json_bytes, account, "request body").read()
         chat = await _off_loop(len(body), _checked_json, body, processor)
         del body
         video = None
@@ -116,6 +114,24 @@ async def read_chat_completion(request, settings, admission: Admission, processo
             )
             media.kind, media.value = "file", None  # the URL's bytes are the file now
         return Intake(chat, video)
+    finally:
+        account.close()
+
+
+def require_json(request) -> None:
+    """JSON routes take only application/json: a cross-site form post cannot reach them unasked."""
+    ctype, _ = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"application/json":
+        raise WrongContentType("send the body as JSON with Content-Type: application/json", param="content-type")
+
+
+async def read_small_json(request, settings, admission: Admission, cap: int = 64 * 1024):
+    """A small JSON body (an API object, not media), bounded like every body."""
+    require_json(request)
+    account = BodyAccount(admission, declared_length(request.headers, cap, "request body"))
+    try:
+        body = await body_reader(request, settings, cap, account, "request body").read()
+        return parse_json(body)
     finally:
         account.close()
 

@@ -11,6 +11,9 @@ VIDEO_CHAT = "/v1/video/chat"
 CHAT_COMPLETIONS = "/v1/chat/completions"
 DOCS = ("/docs", "/redoc", "/openapi.json")
 
+FILES = "/v1/files"
+BATCHES = "/v1/batches"
+
 CHAT = (VIDEO_CHAT, CHAT_COMPLETIONS)
-ROUTES = frozenset({PAGE, HEALTH, READY, METRICS, MODELS, *CHAT})
+ROUTES = frozenset({PAGE, HEALTH, READY, METRICS, MODELS, *CHAT, FILES, BATCHES})
 API_PREFIX = "/v1/"

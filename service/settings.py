@@ -69,6 +69,18 @@ class Settings(BaseSettings):
     encoder_max_batch: int = Field(8, description="videos encoded together by SigLIP")
     temp_dir: str = Field(default_factory=lambda: tempfile.gettempdir())
 
+    # -- batches -----------------------------------------------------------------------------
+    data_dir: str = Field(
+        default_factory=lambda: os.path.join(
+            os.environ.get("AVCHAT_HOME") or os.path.expanduser("~/.cache/avchat"), "data"
+        ),
+        description="where the Batch API keeps its files and its SQLite state",
+    )
+    batch_concurrency: int = Field(1, ge=1, description="generation places a batch takes at once (behind interactive)")
+    batch_max_file_bytes: int = Field(200 * 1024 * 1024, description="largest input file")
+    batch_max_lines: int = Field(50_000, description="most lines in one batch")
+    batch_max_active: int = Field(4, description="batches in flight per API key")
+
     # -- access ------------------------------------------------------------------------------
     host: str = Field("127.0.0.1", description="the address the service is bound to (python -m service --host)")
     allowed_hosts: Annotated[list[str], NoDecode] = Field(

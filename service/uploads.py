@@ -222,6 +222,7 @@ class Form:
     fields: dict[str, str] = field(default_factory=dict)
     file: TempVideo | None = None
     file_field: str | None = None
+    file_name: str | None = None  # as the client named it (Content-Disposition's filename)
 
 
 async def read_form(
@@ -358,6 +359,7 @@ class _FormParser:
             self.account.take_place()  # a file: it holds an upload place until it is removed
             self.writer = TempWriter(self.temp_dir, self.file_limit, self.name)
             self.form.file_field = self.name
+            self.form.file_name = disp.get(b"filename", b"").decode("utf-8", "replace")[:256] or None
 
     def _part_data(self, data, start, end) -> None:
         if self.name in self.file_fields:
