@@ -29,7 +29,15 @@ from ._errors import (
 )
 from ._streaming import AsyncStream, Stream
 from ._types import ChatCompletion, ChatCompletionChunk, Model, ModelList, Usage
-from .resources import AsyncConversation, Conversation, image_url_part, video_url_part
+from .resources import (
+    AsyncConversation,
+    Conversation,
+    audio_url_part,
+    frame_parts,
+    image_url_part,
+    input_audio_part,
+    video_url_part,
+)
 
 __all__ = [
     "APIConnectionError",
@@ -60,6 +68,9 @@ __all__ = [
     "UnprocessableEntityError",
     "UnsupportedMediaTypeError",
     "Usage",
+    "audio_url_part",
+    "frame_parts",
     "image_url_part",
+    "input_audio_part",
     "video_url_part",
 ]

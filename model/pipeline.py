@@ -141,6 +141,16 @@ def decode_steps(
     return Media(info=info, frames=frames, audio=audio, report=report)
 
 
+def frames_media(images: Sequence[Media]) -> Media:
+    """Still images sent as the sampled frames of one video (what evaluation harnesses send), in
+    order: one :class:`Media` whose frames are theirs, encoded as a file's sampled frames are
+    (the same temporal and spatial pooling); no sound."""
+    stack = np.concatenate([m.frames.frames for m in images])
+    frames = Frames(frames=stack, timestamps=[float(i) for i in range(len(stack))], mode="frames")
+    report = MediaReport(duration_s=0.0, frames=len(stack), audio_s=0.0, audio_truncated_s=0.0)
+    return Media(info=images[0].info, frames=frames, audio=None, report=report)
+
+
 def run_steps(steps: Generator[list[FfmpegJob], list, Media], path: str) -> Media:
     """Drives :func:`decode_steps` with the blocking runner."""
     try:

@@ -19,7 +19,7 @@ from .deps import Loaded, Ready, State
 from .errors import ClientGone
 from .intake import read_chat_completion, read_video_chat
 from .metrics import METRICS
-from .protocol import ChatCompletion, ErrorResponse, ModelCard, ModelList
+from .responses import ChatCompletion, ErrorResponse, ModelCard, ModelList
 from .serving import ChatStream
 
 router = APIRouter()

@@ -14,7 +14,8 @@ from .admission import BodyAccount
 from .deps import Ready
 from .errors import BadParameter
 from .intake import body_reader, declared_length, read_small_json
-from .protocol import ErrorResponse, validate
+from .protocol import validate
+from .responses import ErrorResponse
 from .uploads import read_form
 
 router = APIRouter(tags=["batch"])

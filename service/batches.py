@@ -21,9 +21,9 @@ import shutil
 from . import paths
 from .batch_store import BatchStore, new_id
 from .errors import BadParameter, NotFound, TooManyBatches, UploadTooLarge, describe
-from .intake import Intake
-from .protocol import ChatCompletion, parse_completion_request
-from .uploads import save_data_url
+from .intake import with_media
+from .protocol import parse_completion_request
+from .responses import ChatCompletion
 
 log = logging.getLogger("avchat.batch")
 ENDPOINT = paths.CHAT_COMPLETIONS
@@ -234,15 +234,11 @@ async def run_request(chat, settings, owner: str, body: dict) -> tuple[int, dict
     """One /v1/chat/completions request, run as the route runs it: (status, body). At capacity it
     waits its turn (a batch line is never refused for load); a stop raises :class:`Interrupted`."""
     while True:
-        video = None
+        intake = None
         try:
             request = await asyncio.to_thread(parse_completion_request, body)
-            media = request.media
-            if media is not None and media.kind == "url" and media.value.startswith("data:"):
-                args = (media.value, settings.temp_dir, settings.max_upload_bytes, media.param)
-                video = await asyncio.to_thread(save_data_url, *args)
-                media.kind, media.value = "upload", None
-            result = await chat.create(Intake(request, video), owner)
+            intake = await with_media(request, settings)
+            result = await chat.create(intake, owner)
             assert isinstance(result, ChatCompletion)
             return 200, result.model_dump()
         except asyncio.CancelledError:
@@ -255,8 +251,8 @@ async def run_request(chat, settings, owner: str, body: dict) -> tuple[int, dict
                 return status, payload
             await asyncio.sleep(0.5)
         finally:
-            if video is not None:
-                video.remove()
+            if intake is not None:
+                intake.discard()
 
 
 async def _locked(lock) -> None:

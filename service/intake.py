@@ -15,7 +15,7 @@ cannot fit the context is refused before anything tokenizes it.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from python_multipart.multipart import parse_options_header
 
@@ -25,7 +25,7 @@ from .admission import Admission, BodyAccount
 from .errors import UploadTooLarge, WrongContentType
 from .forms import FILE_FIELDS, parse_form
 from .protocol import ChatRequest, parse_completion_request
-from .uploads import BodyReader, TempVideo, parse_json, read_form, save_data_url
+from .uploads import BodyReader, TempVideo, parse_json, read_form, save_base64, save_data_url
 
 OFF_LOOP_BYTES = 64 * 1024  # bodies above this are parsed in a worker thread
 
@@ -36,10 +36,15 @@ class Intake:
 
     chat: ChatRequest
     video: TempVideo | None = None
+    frames: list[TempVideo | None] = field(default_factory=list)  # image_url frames sent as data: URLs
 
     def discard(self) -> None:
         if self.video is not None:
             self.video.remove()
+        for frame in self.frames:
+            if frame is not None:
+                frame.remove()
+        self.frames = []
 
 
 async def _off_loop(size: int, fn, *args):
@@ -106,16 +111,46 @@ async def read_chat_completion(request, settings, admission: Admission, processo
         body = await body_reader(request, s, s.max_json_bytes, account, "request body").read()
         chat = await _off_loop(len(body), _checked_json, body, processor)
         del body
-        video = None
-        media = chat.media
-        if media is not None and media.kind == "url" and media.value.startswith("data:"):
-            video = await asyncio.to_thread(
-                save_data_url, media.value, s.temp_dir, s.max_upload_bytes, media.param, account.keep_place()
-            )
-            media.kind, media.value = "file", None  # the URL's bytes are the file now
-        return Intake(chat, video)
+        return await with_media(chat, s, account.keep_place)
     finally:
         account.close()
+
+
+async def with_media(chat: ChatRequest, settings, keep_place=lambda: None) -> Intake:
+    """The request and the files its inline media become (a ``data:`` URL, ``input_audio``'s
+    base64, ``data:`` frames); ``keep_place`` hands over the body's upload place, which the first
+    file holds until it is removed. URLs to fetch or read stay URLs, for when the request runs."""
+    s = settings
+    video, frames = None, []
+    media = chat.media
+    try:
+        if media is not None and media.kind == "url" and media.value.startswith("data:"):
+            video = await asyncio.to_thread(
+                save_data_url, media.value, s.temp_dir, s.max_upload_bytes, media.param, keep_place()
+            )
+            media.kind, media.value = "file", None  # the URL's bytes are the file now
+        elif media is not None and media.kind == "base64":
+            video = await asyncio.to_thread(
+                save_base64, media.value, s.temp_dir, s.max_upload_bytes, media.param, keep_place()
+            )
+            media.kind, media.value = "file", None
+        elif media is not None and media.kind == "frames":
+            held = False  # the frames together hold one upload place, with the first of them
+            for i, url in enumerate(media.frames):
+                if url.startswith("data:"):
+                    place = None if held else keep_place()
+                    held = True
+                    frames.append(
+                        await asyncio.to_thread(
+                            save_data_url, url, s.temp_dir, s.max_upload_bytes, f"frame {i + 1}", place
+                        )
+                    )
+                else:
+                    frames.append(None)  # fetched or read in place when the request runs
+    except BaseException:
+        Intake(chat, video, frames).discard()
+        raise
+    return Intake(chat, video, frames)
 
 
 def require_json(request) -> None:

@@ -33,6 +33,7 @@ from model.ffmpeg import FfmpegJob, OutputCollector, cap_memory, timeout_error
 from model.media import Window
 from model.pipeline import Media, MediaEmbeddings, MediaTensors
 
+from .errors import BadParameter
 from .feature_cache import CachedMedia, FeatureCache, FeatureTiers
 from .feature_store import fingerprint
 from .metrics import METRICS
@@ -134,6 +135,29 @@ class MediaWorker:
         if cached is not None:
             return cached
         media = await self.decode(path, window)
+        tensors = await asyncio.to_thread(pipeline.preprocess, self.model.processor, media)
+        item = CachedMedia(owner, video_id, await self._encode(tensors), media.report)
+        self.tiers.put(item)
+        return item
+
+    async def frames_features(self, frames, owner: str) -> CachedMedia:
+        """Embeddings of still images sent as one video's frames, in order. ``frames`` yields
+        each frame's file (an async iterator of ``TempVideo``; each is decoded, then removed)."""
+        images, digests = [], []
+        async for i, frame in frames:
+            try:
+                media = await self.decode(frame.path, None)
+            finally:
+                frame.remove()
+            if media.frames is None or not media.info.is_image:
+                raise BadParameter(f"frame {i + 1} of the image_url frames is not a still image", param="image_url")
+            images.append(media)
+            digests.append(frame.sha256)
+        video_id = self.video_id(owner, "frames:" + hashlib.sha256(" ".join(digests).encode()).hexdigest(), None)
+        cached = await self.tiers.get(owner, video_id)
+        if cached is not None:
+            return cached
+        media = pipeline.frames_media(images)
         tensors = await asyncio.to_thread(pipeline.preprocess, self.model.processor, media)
         item = CachedMedia(owner, video_id, await self._encode(tensors), media.report)
         self.tiers.put(item)

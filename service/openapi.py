@@ -10,7 +10,8 @@ from fastapi.responses import HTMLResponse
 
 from . import paths
 from .forms import VideoChatForm
-from .protocol import ChatCompletionChunk, ChatCompletionRequest
+from .protocol import ChatCompletionRequest
+from .responses import ChatCompletionChunk
 
 CDN = "https://cdn.jsdelivr.net/npm"
 # (package@version/file, sha384 of the file as npm publishes it)

@@ -1,5 +1,6 @@
-"""Wire models, in the field order of OpenAI's Chat Completions API (project-specific fields in
-marked sections), and the request of ``POST /v1/chat/completions`` (JSON). It, and the
+"""The request of ``POST /v1/chat/completions`` (JSON), in the field order of OpenAI's Chat
+Completions API (project-specific fields in marked sections; the answers are
+``responses.py``'s). It, and the
 multipart form of ``POST /v1/video/chat`` (``forms.py``), each become one :class:`ChatRequest`,
 whose ``to_sampling_params()`` applies the checkpoint's generation defaults under the request's
 values.
@@ -7,8 +8,6 @@ values.
 
 from __future__ import annotations
 
-import time
-import uuid as uuidlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -20,6 +19,8 @@ from model.media import MAX_SECONDS, Window
 from .engine import SamplingParams
 from .errors import BadParameter, InvalidFields
 
+MAX_FRAMES = 100  # image_url frames per conversation: the frames the model samples from a file
+
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_STOP_CHARS = 256
 MAX_NAME_CHARS = 256  # a uuid or video_id: names, not payloads
@@ -27,118 +28,6 @@ SEED_RANGE = (-(2**63), 2**63 - 1)  # int64, as OpenAI's seed
 Start = Annotated[float | None, Field(None, ge=0.0, le=MAX_SECONDS, description="analyse from this second")]
 End = Annotated[float | None, Field(None, gt=0.0, le=MAX_SECONDS, description="analyse up to this second")]
 Name = Annotated[str | None, Field(None, max_length=MAX_NAME_CHARS)]
-
-# -- responses ------------------------------------------------------------------------------------
-
-
-class _Response(BaseModel):
-    # Responses always carry every field, defaults included: say so in the schema.
-    model_config = ConfigDict(json_schema_serialization_defaults_required=True)
-
-
-class PromptTokensDetails(_Response):
-    cached_tokens: int = 0
-    # -- avchat extras --
-    audio_tokens: int = Field(0, description="prompt tokens holding the audio features")
-    video_tokens: int = Field(0, description="prompt tokens holding the video features")
-    text_tokens: int = Field(0, description="prompt tokens of text")
-
-
-class Usage(_Response):
-    prompt_tokens: int
-    completion_tokens: int
-    total_tokens: int
-    prompt_tokens_details: PromptTokensDetails | None = None
-
-
-class MediaInfo(_Response):
-    """What the model saw and heard of the video (an avchat extra)."""
-
-    duration_s: float = Field(description="seconds of the file analysed (the start/end window)")
-    frames: int = Field(description="frames sampled")
-    audio_s: float = Field(description="seconds of audio the model heard")
-    audio_truncated_s: float = Field(
-        description="seconds of the window's audio it did not hear: the audio branch takes up to the "
-        "checkpoint's max_audio_windows 30 s Whisper windows from `start`, as many as fit the context"
-    )
-
-
-class ChatMessage(_Response):
-    role: Literal["assistant"] = "assistant"
-    content: str | None = None
-
-
-class Choice(_Response):
-    index: int = 0
-    message: ChatMessage
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
-
-
-class ChatCompletion(_Response):
-    id: str = Field(default_factory=lambda: f"chatcmpl-{uuidlib.uuid4().hex}")
-    object: Literal["chat.completion"] = "chat.completion"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    model: str
-    choices: list[Choice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
-    # -- avchat extras --
-    video_id: str | None = Field(None, description="send it back as `video_id` to ask again without uploading")
-    media: MediaInfo | None = None
-
-
-class ChoiceDelta(_Response):
-    role: Literal["assistant"] | None = None
-    content: str | None = None
-
-
-class ChunkChoice(_Response):
-    index: int = 0
-    delta: ChoiceDelta
-    logprobs: None = None
-    finish_reason: Literal["stop", "length"] | None = None
-
-
-class ChatCompletionChunk(_Response):
-    id: str
-    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
-    created: int
-    model: str
-    choices: list[ChunkChoice]
-    usage: Usage | None = None
-    system_fingerprint: str | None = None
-    # -- avchat extras --
-    video_id: str | None = None
-    media: MediaInfo | None = Field(None, description="on the last chunk")
-
-
-class ModelCard(_Response):
-    id: str
-    object: Literal["model"] = "model"
-    created: int = Field(default_factory=lambda: int(time.time()))
-    owned_by: str = "avchat"
-    # -- avchat extras --
-    engine: str = Field(description="the generation engine serving it: vllm or transformers")
-    max_model_len: int = 2048
-    modalities: list[str] = Field(default_factory=list)
-
-
-class ModelList(_Response):
-    object: Literal["list"] = "list"
-    data: list[ModelCard]
-
-
-class ErrorDetail(_Response):
-    message: str
-    type: str
-    param: str | None = None
-    code: str | None = None
-
-
-class ErrorResponse(_Response):
-    error: ErrorDetail
-
 
 # -- the request, whichever route it came by --------------------------------------------------------
 
@@ -148,10 +37,11 @@ class MediaRef:
     """What a request's media is: an uploaded file, a URL (data:, http(s), file://), or an
     earlier upload by ``video_id`` or ``uuid``."""
 
-    kind: Literal["upload", "url", "video_id", "uuid"]
+    kind: Literal["upload", "url", "base64", "frames", "file", "video_id", "uuid"]
     param: str  # the field it came in, for messages
-    value: str | None = None  # the URL, video_id or uuid
+    value: str | None = None  # the URL, base64 data (input_audio), video_id or uuid
     alias: str | None = None  # a uuid to register for this media
+    frames: list[str] | None = None  # kind "frames": each frame's URL, in order
 
 
 @dataclass
@@ -210,13 +100,19 @@ class SamplingFields(BaseModel):
     end: End = None
 
 
+def _message(err: dict) -> str:
+    """pydantic's message without its "Value error, " prefix (our validators' own sentences)."""
+    msg = err["msg"]
+    return msg.removeprefix("Value error, ") if err.get("type") == "value_error" else msg
+
+
 def validate(model: type[BaseModel], data: dict) -> Any:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "body"
-        raise InvalidFields(f"{where}: {err['msg']}", param=where) from None
+        raise InvalidFields(f"{where}: {_message(err)}", param=where) from None
 
 
 # -- POST /v1/chat/completions (JSON) ---------------------------------------------------------------
@@ -249,13 +145,53 @@ class ImageURLPart(BaseModel):
     uuid: Name = None
 
 
+AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg", "opus", "m4a", "aac", "webm")
+
+
+class InputAudio(BaseModel):
+    data: str = Field(description="the audio file, base64-encoded")
+    format: str = Field(description=f"one of {', '.join(AUDIO_FORMATS)} (the content decides; this must be one)")
+
+    @field_validator("format")
+    @classmethod
+    def _known(cls, value: str) -> str:
+        if value.lower() not in AUDIO_FORMATS:
+            raise ValueError(f"takes {', '.join(AUDIO_FORMATS)}")
+        return value.lower()
+
+
+class InputAudioPart(BaseModel):
+    """OpenAI's audio input: the file inline."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["input_audio"]
+    input_audio: InputAudio
+
+
+class AudioURLPart(BaseModel):
+    """An audio file by URL (as lmms-eval and vLLM send it): data:, allowed http(s), file://."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: Literal["audio_url"]
+    audio_url: MediaURL
+
+
+MediaPart = VideoURLPart | ImageURLPart | InputAudioPart | AudioURLPart
+
+
 class RequestMessage(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[TextPart | VideoURLPart | ImageURLPart] | None = None
+    content: str | list[TextPart | MediaPart] | None = None
 
 
-PART_TYPES: dict[str, type[BaseModel]] = {"text": TextPart, "video_url": VideoURLPart, "image_url": ImageURLPart}
+PART_TYPES: dict[str, type[BaseModel]] = {
+    "text": TextPart,
+    "video_url": VideoURLPart,
+    "image_url": ImageURLPart,
+    "input_audio": InputAudioPart,
+    "audio_url": AudioURLPart,
+}
 
 
 def check_parts(messages: Any, kinds: dict[str, type[BaseModel]]) -> None:
@@ -279,7 +215,7 @@ def check_parts(messages: Any, kinds: dict[str, type[BaseModel]]) -> None:
             except ValidationError as exc:
                 err = exc.errors()[0]
                 loc = ".".join([where, *(str(p) for p in err["loc"])])
-                raise InvalidFields(f"{loc}: {err['msg']}", param=loc) from None
+                raise InvalidFields(f"{loc}: {_message(err)}", param=loc) from None
 
 
 class FormMessage(BaseModel):
@@ -355,10 +291,21 @@ class ChatCompletionRequest(BaseModel):
         parts = [
             p for m in self.messages if isinstance(m.content, list) for p in m.content if not isinstance(p, TextPart)
         ]
-        if len(parts) > 1:
-            raise BadParameter("send one video_url or image_url per conversation", param="messages")
         media, window = None, Window.of(self.start, self.end)
-        if parts:
+        chosen = None if self.input_modalities is None else modalities.check(self.input_modalities, "input_modalities")
+        if len(parts) > 1 and all(isinstance(p, ImageURLPart) for p in parts):
+            media, window = _frames(parts, window)
+        elif len(parts) > 1:
+            raise BadParameter(
+                "send one video_url, audio part (input_audio or audio_url) or image_url per conversation, or "
+                "several image_url parts as the frames of one video",
+                param="messages",
+            )
+        elif parts and isinstance(parts[0], InputAudioPart | AudioURLPart):
+            media, chosen = _audio(parts[0], chosen)
+            ref = parts[0].audio_url if isinstance(parts[0], AudioURLPart) else None
+            window = (Window.of(ref.start, ref.end) if ref is not None else None) or window
+        elif parts:
             part = parts[0]
             kind = "video_url" if isinstance(part, VideoURLPart) else "image_url"
             ref = part.video_url if kind == "video_url" else part.image_url
@@ -373,14 +320,12 @@ class ChatCompletionRequest(BaseModel):
             if media is not None:
                 raise BadParameter("send either a video_url or a video_id, not both", param="video_id")
             media = MediaRef("video_id", "video_id", self.video_id)
-        if window is not None and media is not None and media.kind != "url":
+        if window is not None and media is not None and media.kind in ("video_id", "uuid"):
             raise BadParameter("start and end apply when the video itself is sent", param="start")
         return ChatRequest(
             messages=messages,
             media=media,
-            input_modalities=None
-            if self.input_modalities is None
-            else modalities.check(self.input_modalities, "input_modalities"),
+            input_modalities=chosen,
             window=window,
             stream=self.stream,
             include_usage=bool(self.stream_options and self.stream_options.include_usage),
@@ -392,6 +337,41 @@ class ChatCompletionRequest(BaseModel):
             ignore_eos=self.ignore_eos,
             max_audio_windows=self.max_audio_windows,
         )
+
+
+def _frames(parts: list[ImageURLPart], window: Window | None) -> tuple[MediaRef, None]:
+    """Several image_url parts: the sampled frames of one video, in order."""
+    if len(parts) > MAX_FRAMES:
+        raise BadParameter(
+            f"{len(parts)} image_url frames; a video takes at most {MAX_FRAMES} (the frames the model samples "
+            "from a file): send fewer, or the video itself as a video_url",
+            param="messages",
+            code="too_many_frames",
+        )
+    urls = []
+    for i, part in enumerate(parts):
+        if part.image_url is None or not part.image_url.url:
+            raise BadParameter(f"frame {i + 1} of the image_url frames needs a url", param="image_url")
+        if part.image_url.start is not None or part.image_url.end is not None:
+            raise BadParameter("start and end apply to a video file, not to frames", param="image_url")
+        urls.append(part.image_url.url)
+    if window is not None:
+        raise BadParameter("start and end apply to a video file, not to frames", param="start")
+    return MediaRef("frames", "image_url", frames=urls), None
+
+
+def _audio(part: InputAudioPart | AudioURLPart, chosen: list[str] | None) -> tuple[MediaRef, list[str]]:
+    """An audio part: heard only (``input_modalities`` may say audio, nothing else)."""
+    if chosen is not None and chosen != ["audio"]:
+        raise BadParameter(
+            'an audio part is heard, not seen: input_modalities must be ["audio"] (or left out)',
+            param="input_modalities",
+        )
+    if isinstance(part, InputAudioPart):
+        return MediaRef("base64", "input_audio", part.input_audio.data), ["audio"]
+    if not part.audio_url.url:
+        raise BadParameter("an audio_url part needs a url", param="audio_url")
+    return MediaRef("url", "audio_url", part.audio_url.url), ["audio"]
 
 
 def parse_completion_request(body: Any) -> ChatRequest:

@@ -1,6 +1,6 @@
 """Request logic for both chat routes, in one place: admission to a generation place, resolving
 the media (the request's file, a URL, a video_id or a uuid), the request timeout and the stop
-drain, and the answer as a value: a :class:`~service.protocol.ChatCompletion`, or a
+drain, and the answer as a value: a :class:`~service.responses.ChatCompletion`, or a
 :class:`ChatStream` of chunks. It knows nothing about HTTP: the routes (``api_router.py``) parse
 the request into an :class:`~service.intake.Intake` and turn what comes back into a response.
 
@@ -27,11 +27,11 @@ from .fetch import fetch_url, local_file
 from .intake import Intake
 from .media_worker import CachedMedia, MediaWorker
 from .metrics import METRICS
-from .protocol import (
+from .protocol import ChatRequest
+from .responses import (
     ChatCompletion,
     ChatCompletionChunk,
     ChatMessage,
-    ChatRequest,
     Choice,
     ChoiceDelta,
     ChunkChoice,
@@ -110,7 +110,8 @@ class ChatService:
             ticket = self.admission.generations.take(params.max_tokens)  # only once the body is here
             deadline = time.monotonic() + self.settings.request_timeout_s
             try:
-                prepared = await self._race(self._prepare(chat, intake.video, owner, params, deadline), deadline)
+                preparing = self._prepare(chat, intake.video, owner, params, deadline, intake.frames)
+                prepared = await self._race(preparing, deadline)
             except BaseException:
                 ticket.release()
                 raise
@@ -132,7 +133,13 @@ class ChatService:
     # -- preparing ------------------------------------------------------------------------------
 
     async def _prepare(
-        self, chat: ChatRequest, video: TempVideo | None, owner: str, params: SamplingParams, deadline: float
+        self,
+        chat: ChatRequest,
+        video: TempVideo | None,
+        owner: str,
+        params: SamplingParams,
+        deadline: float,
+        frames: list | None = None,
     ) -> Prepared:
         ref = chat.media
         fetched = None
@@ -140,7 +147,9 @@ class ChatService:
             video = fetched = await self._resolve_url(ref.value, ref.param, deadline)
         try:
             media = None
-            if video is not None:
+            if ref is not None and ref.kind == "frames":
+                media = await self.worker.frames_features(self._frames(ref, frames or [], deadline), owner)
+            elif video is not None:
                 media = await self.worker.features(video.path, video.sha256, owner, chat.window)
             elif ref is not None:
                 media = await self.worker.lookup(owner, ref.value)
@@ -157,6 +166,20 @@ class ChatService:
             METRICS.prompt_tokens.labels(kind).inc(n)
         alias = ref.alias if ref is not None and video is not None else None
         return Prepared(embeds, p, media, params, alias, self.model.config.audio_seconds)
+
+    async def _frames(self, ref, sent: list, deadline: float):
+        """Each frame's file in order: saved at intake (data: URLs), else fetched or read now, one
+        at a time (a frame holds its upload place only while it is decoded)."""
+        if len(ref.frames) > self.model.config.num_frames:
+            raise BadParameter(
+                f"{len(ref.frames)} image_url frames; this model samples {self.model.config.num_frames} frames "
+                "of a video: send fewer",
+                param="messages",
+                code="too_many_frames",
+            )
+        for i, url in enumerate(ref.frames):
+            saved = sent[i] if i < len(sent) else None
+            yield i, saved if saved is not None else await self._resolve_url(url, "image_url", deadline)
 
     async def _resolve_url(self, url: str, param: str, deadline: float) -> TempVideo:
         s = self.settings

@@ -395,12 +395,17 @@ def save_data_url(url: str, temp_dir: str, limit: int, param: str, place: Upload
     header, sep, payload = url.partition(",")
     if not sep or ";base64" not in header:
         raise BadParameter("a data: URL must be base64-encoded (data:video/mp4;base64,...)", param=param)
+    return save_base64(payload, temp_dir, limit, param, place)
+
+
+def save_base64(payload: str, temp_dir: str, limit: int, param: str, place: Upload | None = None) -> TempVideo:
+    """Base64 media (a data: URL's payload, OpenAI's ``input_audio.data``) -> a temp file."""
     if len(payload) * 3 // 4 > limit:
         raise UploadTooLarge(f"the {param} is larger than this service's limit of {_mib(limit)}", param=param)
     try:
         data = base64.b64decode(payload, validate=False)
     except (binascii.Error, ValueError):
-        raise BadParameter("the data: URL is not valid base64", param=param) from None
+        raise BadParameter(f"the {param} is not valid base64", param=param) from None
     writer = TempWriter(temp_dir, limit, param)
     try:
         writer.write(data)

@@ -21,6 +21,7 @@ SLOW_MODULES = {
     "test_cli",
     "test_fleet",
     "test_long_audio",
+    "test_media_parts",
     "test_page",
     "test_readme",
     "test_real_size",

@@ -187,7 +187,8 @@ def test_the_sdk_installs_alone_without_torch(tmp_path):
 
 
 def test_the_engine_interface_the_wire_models_and_the_error_table_import_no_torch():
-    modules = "service.engine, service.protocol, service.errors, service.paths, model.errors, model.modalities"
+    modules = "service.engine, service.protocol, service.responses, service.errors, service.paths, model.errors"
+    modules += ", model.modalities"
     out = subprocess.run(
         [
             sys.executable,

@@ -172,6 +172,28 @@ def test_openai_requests_take_output_modalities_and_input_modalities():
     assert status == 422 and body["error"]["param"] == "modalities"
 
 
+def _parts(*parts) -> dict:
+    return {"messages": [{"role": "user", "content": [{"type": "text", "text": "?"}, *parts]}]}
+
+
+def test_image_url_parts_are_frames_and_audio_parts_are_heard_only():
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    frames = parse_completion_request(_parts(image, {"type": "image_url", "image_url": {"url": "file:///d/2.png"}}))
+    assert frames.media.kind == "frames" and frames.media.frames == ["data:image/png;base64,AAAA", "file:///d/2.png"]
+    assert parse_completion_request(_parts(image)).media.kind == "url"  # one image is an image
+    with pytest.raises(BadParameter, match="at most 100") as err:
+        parse_completion_request(_parts(*[image] * 101))
+    assert err.value.code == "too_many_frames"
+    audio = parse_completion_request(_parts({"type": "input_audio", "input_audio": {"data": "UklG", "format": "WAV"}}))
+    assert (audio.media.kind, audio.media.value, audio.input_modalities) == ("base64", "UklG", ["audio"])
+    url = parse_completion_request({**_parts({"type": "audio_url", "audio_url": {"url": "https://a/b.mp3", "end": 5}})})
+    assert (url.media.kind, url.media.param, url.window.end, url.input_modalities) == ("url", "audio_url", 5, ["audio"])
+    with pytest.raises(BadParameter, match="one video_url, audio part"):
+        parse_completion_request(_parts(image, {"type": "audio_url", "audio_url": {"url": "https://a/b.mp3"}}))
+    with pytest.raises(InvalidFields, match="input_audio.format: takes wav"):
+        parse_completion_request(_parts({"type": "input_audio", "input_audio": {"data": "", "format": "midi"}}))
+
+
 def _endless_job(timeout: float) -> FfmpegJob:
     """A real ffmpeg that writes raw frames to stdout until killed."""
     args = [ffmpeg_exe(), "-nostdin", "-f", "lavfi", "-i", "testsrc=size=320x240:rate=25", "-f", "rawvideo", "-"]

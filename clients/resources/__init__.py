@@ -1,6 +1,6 @@
 """The API's resources, as openai-python lays them out: ``video.chat``, ``chat.completions``, ``models``."""
 
-from .chat import AsyncChat, Chat, image_url_part, video_url_part
+from .chat import AsyncChat, Chat, audio_url_part, frame_parts, image_url_part, input_audio_part, video_url_part
 from .models import AsyncModels, Models
 from .video import AsyncConversation, AsyncVideo, Conversation, Video
 
@@ -13,6 +13,9 @@ __all__ = [
     "Conversation",
     "Models",
     "Video",
+    "audio_url_part",
+    "frame_parts",
     "image_url_part",
+    "input_audio_part",
     "video_url_part",
 ]

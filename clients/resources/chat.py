@@ -45,6 +45,33 @@ def image_url_part(path: str | os.PathLike | None = None, *, url: str | None = N
     return part
 
 
+def frame_parts(paths) -> list[dict]:
+    """Still images as the sampled frames of one video, in order: one ``image_url`` part each
+    (as evaluation harnesses send a video; at most 100 frames)."""
+    return [image_url_part(p) for p in paths]
+
+
+def input_audio_part(path: str | os.PathLike, format: str | None = None) -> dict:
+    """OpenAI's ``input_audio`` part: an audio file inline (``format`` from its name by default)."""
+    fmt = format or os.path.splitext(os.fspath(path))[1].lstrip(".").lower() or "wav"
+    with open(path, "rb") as f:
+        return {"type": "input_audio", "input_audio": {"data": base64.b64encode(f.read()).decode(), "format": fmt}}
+
+
+def audio_url_part(
+    path: str | os.PathLike | None = None,
+    *,
+    url: str | None = None,
+    start: float | None = None,
+    end: float | None = None,
+) -> dict:
+    """An ``audio_url`` part: a local file (sent as a data: URL) or a ``url``; heard only."""
+    return {
+        "type": "audio_url",
+        "audio_url": drop_none({"url": url or _data_url(path, "audio/wav"), "start": start, "end": end}),
+    }
+
+
 def _body(
     messages, model, stream, max_tokens, temperature, top_p, seed, stop, stream_options, input_modalities, video_id
 ) -> dict:
