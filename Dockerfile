@@ -30,7 +30,7 @@ RUN pip install -c /tmp/requirements.txt ".[train]" && python -c "import service
 # Ubuntu 24.04 images already have uid 1000 ("ubuntu"): it gives way to the service's user.
 RUN (userdel --remove ubuntu 2>/dev/null || true) \
  && useradd --create-home --uid 1000 avchat \
- && mkdir -p /data/hf /data/checkpoints /data/avchat /tmp/avchat \
+ && mkdir -p /data/hf /data/checkpoints /data/avchat /data/batches /tmp/avchat \
  && chown -R avchat:avchat /data /tmp/avchat
 USER 1000:1000
 ENV HF_HOME=/data/hf AVCHAT_HOME=/data/avchat AVCHAT_TEMP_DIR=/tmp/avchat \

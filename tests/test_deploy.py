@@ -34,7 +34,8 @@ def test_compose_serves_on_one_gpu_with_volumes_and_a_real_health_check():
     assert any(str(p).endswith(":8000") for p in svc["ports"])
     mounts = {v.split(":")[1] for v in svc["volumes"]}
     assert {"/data/hf", "/data/checkpoints"} <= mounts
-    assert "hf-cache" in compose["volumes"]
+    assert "hf-cache" in compose["volumes"] and "batch-data" in compose["volumes"]
+    assert "batch-data:" + svc["environment"]["AVCHAT_DATA_DIR"] in svc["volumes"]  # batches survive a restart
     for key in ("AVCHAT_MODEL", "AVCHAT_API_KEYS", "AVCHAT_ENGINE"):
         assert key in svc["environment"]
     assert svc["restart"] in ("unless-stopped", "always")
