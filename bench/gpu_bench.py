@@ -163,7 +163,7 @@ def main() -> int:
     media = decode(str(CLIP), config)
     tensors = preprocess(model.processor, media)
     frames = tensors.video.to(args.device, dtype)
-    mel = tensors.audio[None].to(args.device, dtype)
+    mel = tensors.audio[:1].to(args.device, dtype)  # its first 30 s window
     n = frames.shape[0]
     with torch.inference_mode():
         siglip = timed_ms(lambda: model.pool_video([frames]), args.device)
