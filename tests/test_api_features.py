@@ -162,8 +162,11 @@ def two_tones(tmp_path_factory):
 def test_time_windows_and_the_media_report(demo, oai, sdk, two_tones):
     whole = sdk.video.chat.create(video=two_tones, prompt="?")
     assert whole.media.duration_s == pytest.approx(40, abs=0.1) and whole.media.frames == 100
-    assert whole.media.audio_s == pytest.approx(30, abs=0.1)
-    assert whole.media.audio_truncated_s == pytest.approx(10, abs=0.2)  # one 30 s Whisper window
+    assert whole.media.audio_s == pytest.approx(40, abs=0.1) and whole.media.audio_truncated_s == 0  # two windows
+    assert whole.usage.prompt_tokens_details.audio_tokens == 2 * 64
+    one = sdk.video.chat.create(video=two_tones, prompt="?", max_audio_windows=1)  # the paper's one window
+    assert one.media.audio_s == pytest.approx(30, abs=0.1) and one.media.audio_truncated_s == pytest.approx(10, abs=0.2)
+    assert one.usage.prompt_tokens_details.audio_tokens == 64 and one.video_id == whole.video_id  # the same features
     window = sdk.video.chat.create(video=two_tones, prompt="?", start=4.5, end=8)
     assert window.media.duration_s == pytest.approx(3.5) and window.media.frames == 87
     assert window.media.audio_truncated_s == 0 and window.video_id != whole.video_id

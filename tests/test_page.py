@@ -120,11 +120,15 @@ def test_upload_ask_stream_and_follow_up_in_chromium(demo, browser, tmp_path):
     _not_blank(_screenshot(browser, "page.png", tmp_path))
 
     decodes = _metric(demo.url, "avchat_decode_seconds_count")
-    _ask(browser, "What do you hear?")  # the follow-up reuses the video_id: no second upload
+    _ask(browser, "What colour is the square?")  # the follow-up reuses the video_id: no second upload
     _wait(browser, lambda d: len(_answers(d)) == 2 and "tokens" in _answers(d)[1].text)
-    assert "a high tone" in _answers(browser)[1].find_element(By.CSS_SELECTOR, ".text").text
+    assert "red" in _answers(browser)[1].find_element(By.CSS_SELECTOR, ".text").text
+    assert "audio 64 · video 829" in _answers(browser)[1].find_element(By.CSS_SELECTOR, ".meta").text
     assert _metric(demo.url, "avchat_decode_seconds_count") == decodes
-    assert [li.text for li in browser.find_elements(By.CSS_SELECTOR, ".chat .you")] == [QUESTION, "What do you hear?"]
+    assert [li.text for li in browser.find_elements(By.CSS_SELECTOR, ".chat .you")] == [
+        QUESTION,
+        "What colour is the square?",
+    ]
 
 
 def test_the_page_says_the_demo_is_a_toy_and_analyses_a_window(demo, browser):

@@ -64,21 +64,38 @@ def test_the_demo_model_is_served_by_default_and_answers_from_sound_and_picture(
         srv.wait_ready()
         assert httpx.get(srv.url + "/v1/models").json()["data"][0]["id"] == "demo"
 
-        def ask(path, question):
+        def full(path, question, **form):
             with open(path, "rb") as f:
                 r = httpx.post(
                     srv.url + "/v1/video/chat",
                     files={"video": (path.name, f)},
-                    data={"prompt": question, "max_tokens": "8", "temperature": "0"},
-                    timeout=120,
+                    data={"prompt": question, "max_tokens": "8", "temperature": "0", **form},
+                    timeout=300,
                 )
             assert r.status_code == 200, r.text
-            return r.json()["choices"][0]["message"]["content"].strip()
+            return r.json()
+
+        def ask(path, question):
+            return full(path, question)["choices"][0]["message"]["content"].strip()
 
         sample = ROOT / "model" / "demo" / "sample.mp4"
         assert ask(sample, "What do you hear?") == "a high tone"
         assert ask(sample, "What colour is the square?") == "red"
         assert ask(clip, "What colour is the square, and what do you hear?") == "green, noise"
+
+        # Beyond one 30 s window: a sound that starts at 50 s after silence, and one heard only in
+        # the first 4 s of a clip that is silent after them.
+        late = make_clip(ClipSpec("blue", "sideways", "a low tone", 4242, 75.0, "late", 50.0), tmp_path / "late.mp4")
+        early = make_clip(ClipSpec("yellow", "up and down", "noise", 4343, 70.0, "early"), tmp_path / "early.mp4")
+        heard = full(late, "What do you hear?")
+        assert heard["choices"][0]["message"]["content"].strip() == "a low tone"
+        assert heard["usage"]["prompt_tokens_details"]["audio_tokens"] == 3 * 64  # 75 s: three windows
+        assert heard["media"]["audio_s"] == pytest.approx(75.0, abs=0.1) and heard["media"]["audio_truncated_s"] == 0
+        one = full(late, "What do you hear?", max_audio_windows="1")  # the paper's single window: 30 s of silence
+        assert one["usage"]["prompt_tokens_details"]["audio_tokens"] == 64
+        assert one["media"]["audio_truncated_s"] == pytest.approx(45.0, abs=0.1)
+        assert ask(late, "What colour is the square?") == "blue"
+        assert ask(early, "What colour is the square, and what do you hear?") == "yellow, noise"
     finally:
         srv.stop()
 
