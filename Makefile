@@ -56,7 +56,7 @@ lint: install-dev
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
 
-# About 20–25 minutes on a quiet 2-core machine (longer on a busy one); the slowest tests are listed at the end.
+# About 25 minutes on a quiet 2-core machine (longer on a busy one); the slowest tests are listed at the end.
 # PYTEST_ARGS passes options on, e.g. PYTEST_ARGS="-m 'not network'" on a machine without PyPI.
 test: install-dev system-deps
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
@@ -76,6 +76,8 @@ bench: install-dev
 	-$(PY) bench/service_edge.py
 	-$(PY) bench/service_throughput.py
 	-$(PY) bench/fleet.py
+	-$(PY) bench/batch.py --lines 64
+	-$(PY) bench/long_audio.py --quick
 	-$(PY) bench/engines.py
 	-$(PY) bench/training.py
 
