@@ -73,7 +73,7 @@ def _ask(args: argparse.Namespace) -> int:
     from .modalities import UnknownModality
     from .modalities import check as check_modalities
     from .modeling import AVChatModel
-    from .pipeline import decode, encode, preprocess, project, prompt, prompt_embeds
+    from .pipeline import decode, encode, heard, preprocess, project, prompt, prompt_embeds
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -115,9 +115,7 @@ def _ask(args: argparse.Namespace) -> int:
         sys.stdout.write(delta.text)
         sys.stdout.flush()
     end = time.perf_counter()
-    counts, report = p.counts, media.report
-    if p.audio:
-        report = report.heard_in(p.audio_windows, model.config.audio_seconds)
+    counts, report = p.counts, heard(media.report, p, model.config)
     print()
     print(
         f"[tokens] prompt {sum(counts.values())} = audio {counts['audio']} + video {counts['video']} + "

@@ -293,6 +293,11 @@ def prompt(
 
 
 @torch.inference_mode()
+def heard(report: MediaReport, p: Prompt, config: AVChatConfig) -> MediaReport:
+    """``report`` as the prompt ``p`` lets the model hear it: only the audio windows it holds."""
+    return report.heard_in(p.audio_windows, config.audio_seconds) if p.audio else report
+
+
 def prompt_embeds(model, p: Prompt, media: MediaEmbeddings | None) -> torch.Tensor:
     """The prompt embedding matrix ``(T, H)``: what both engines generate from."""
     video = media.video[None] if p.video else None

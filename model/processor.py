@@ -83,13 +83,17 @@ class AVChatProcessor:
 
     def audio_windows(self, samples: int) -> int:
         """How many Whisper windows ``samples`` of 16 kHz audio take (at least one; at most the model's)."""
-        per_window = int(self.config.audio_seconds * 16_000)
-        return max(1, min(self.config.max_audio_windows, math.ceil(samples / per_window)))
+        return max(1, min(self.config.max_audio_windows, math.ceil(samples / self.window_samples)))
+
+    @property
+    def window_samples(self) -> int:
+        """16 kHz samples in one Whisper window."""
+        return int(self.config.audio_seconds * 16_000)
 
     def audio_features(self, audio: np.ndarray) -> torch.Tensor:
         """16 kHz mono float PCM -> log-mel ``(W, 80, 3000)``: one 30 s window after another (the
         last padded), as many as the audio fills, at most ``max_audio_windows``."""
-        per_window = int(self.config.audio_seconds * 16_000)
+        per_window = self.window_samples
         audio = audio.astype(np.float32)
         windows = [audio[i * per_window : (i + 1) * per_window] for i in range(self.audio_windows(len(audio)))]
         out = self.feature_extractor(windows, sampling_rate=16_000, return_tensors="pt")

@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-from .batches import Interrupted, LineError, parse_line, run_request
+from .batches import Interrupted, LineError, custom_id_of, parse_line, run_request
 
 
 def finished(out: Path) -> set[str]:
@@ -105,11 +105,7 @@ async def run(args) -> int:
 
 def _key(i: int, text: str) -> str:
     """What identifies a line across reruns: its custom_id, else its line number."""
-    try:
-        custom_id = json.loads(text).get("custom_id")
-    except (ValueError, AttributeError, RecursionError):
-        custom_id = None
-    return custom_id if isinstance(custom_id, str) and custom_id else f"#{i + 1}"
+    return custom_id_of(text) or f"#{i + 1}"
 
 
 def main(argv: list[str] | None = None) -> int:

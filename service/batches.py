@@ -184,7 +184,7 @@ class Batches:
         try:
             custom_id, body = parse_line(text, line, seen)
         except LineError as exc:
-            custom_id = _custom_id(text)
+            custom_id = custom_id_of(text)
             error = {"code": "invalid_request", "message": str(exc), "line": line + 1}
             self.store.answer(
                 batch_id, line, False, {"id": request_id, "custom_id": custom_id, "response": None, "error": error}
@@ -265,7 +265,8 @@ async def _locked(lock) -> None:
             await asyncio.sleep(2.0)
 
 
-def _custom_id(text: str) -> str | None:
+def custom_id_of(text: str) -> str | None:
+    """A line's custom_id, if it is JSON that has one (for lines that are not valid requests)."""
     try:
         value = json.loads(text).get("custom_id")
     except (ValueError, AttributeError, RecursionError):

@@ -135,14 +135,11 @@ async def with_media(chat: ChatRequest, settings, keep_place=lambda: None) -> In
             )
             media.kind, media.value = "file", None
         elif media is not None and media.kind == "frames":
-            held = False  # the frames together hold one upload place, with the first of them
             for i, url in enumerate(media.frames):
-                if url.startswith("data:"):
-                    place = None if held else keep_place()
-                    held = True
+                if url.startswith("data:"):  # the first holds the body's place (keep_place hands it over once)
                     frames.append(
                         await asyncio.to_thread(
-                            save_data_url, url, s.temp_dir, s.max_upload_bytes, f"frame {i + 1}", place
+                            save_data_url, url, s.temp_dir, s.max_upload_bytes, f"frame {i + 1}", keep_place()
                         )
                     )
                 else:

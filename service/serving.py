@@ -57,7 +57,7 @@ class Prepared:
     media: CachedMedia | None
     params: SamplingParams
     alias: str | None  # a uuid to register once the answer is complete
-    window_s: float = 30.0  # seconds of audio one window holds
+    report: pipeline.MediaReport | None = None  # what the prompt let the model see and hear
 
     def usage(self, completion_tokens: int) -> Usage:
         counts = self.prompt.counts
@@ -78,12 +78,9 @@ class Prepared:
     @property
     def media_info(self) -> MediaInfo | None:
         """What the model saw and heard: the streams this request left out count as none."""
-        if self.media is None:
+        if self.report is None:
             return None
-        report = self.media.report
-        if self.prompt.audio:  # the windows the prompt holds are what was heard
-            report = report.heard_in(self.prompt.audio_windows, self.window_s)
-        report = report.as_dict()
+        report = self.report.as_dict()
         if not self.prompt.audio:
             report.update(audio_s=0.0, audio_truncated_s=0.0)
         if not self.prompt.video:
@@ -165,7 +162,8 @@ class ChatService:
         for kind, n in p.counts.items():
             METRICS.prompt_tokens.labels(kind).inc(n)
         alias = ref.alias if ref is not None and video is not None else None
-        return Prepared(embeds, p, media, params, alias, self.model.config.audio_seconds)
+        report = pipeline.heard(media.report, p, self.model.config) if media is not None else None
+        return Prepared(embeds, p, media, params, alias, report)
 
     async def _frames(self, ref, sent: list, deadline: float):
         """Each frame's file in order: saved at intake (data: URLs), else fetched or read now, one
