@@ -50,6 +50,13 @@ def _parser() -> argparse.ArgumentParser:
         choices=["float32", "bfloat16", "float16"],
         help="weights' dtype (bfloat16 halves memory and, on a CPU with AVX512-BF16, time)",
     )
+    ask.add_argument(
+        "--quantization",
+        default="none",
+        choices=["none", "int8", "bnb-8bit", "bnb-4bit"],
+        help="int8: weight-only int8 encoders and LLM on a CPU (half of bfloat16's memory); bnb-*: the LLM "
+        "through bitsandbytes on a GPU. A checkpoint exported with int8 weights loads as int8 anyway",
+    )
     dl = sub.add_parser("download", help="fetch the paper's components and write a ready phi2 checkpoint folder")
     dl.add_argument("--to", default="checkpoints/phi2", help="the folder to write (default checkpoints/phi2)")
     ib = sub.add_parser("import-bunny", help="convert a Bunny-format merged checkpoint folder into ours")
@@ -74,6 +81,8 @@ def _ask(args: argparse.Namespace) -> int:
     from .modalities import check as check_modalities
     from .modeling import AVChatModel
     from .pipeline import decode, encode, heard, preprocess, project, prompt, prompt_embeds
+    from .quantization import QuantizationUnavailable
+    from .quantization import check as check_quantization
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -87,7 +96,12 @@ def _ask(args: argparse.Namespace) -> int:
         return _fail("--max-tokens must be at least 1")
     source = args.checkpoint or args.preset or "demo"
     try:
-        model = AVChatModel.from_pretrained(source, device=args.device, dtype=getattr(torch, args.dtype))
+        check_quantization(args.quantization, "transformers", args.device)
+        model = AVChatModel.from_pretrained(
+            source, device=args.device, dtype=getattr(torch, args.dtype), quantization=args.quantization
+        )
+    except QuantizationUnavailable as exc:
+        return _fail(f"--quantization {args.quantization}: {exc}")
     except (OSError, ValueError) as exc:
         return _fail(f"cannot load the model from {source!r}: {exc}")
     window = Window(args.start or 0.0, args.end) if args.start is not None or args.end is not None else None

@@ -58,6 +58,9 @@ class AVChatConfig(PreTrainedConfig):
     # newline between them, as between the other placeholders). 1: the paper's model; a
     # checkpoint trained on longer audio declares more (at 2048 tokens about 13 fit beside the video).
     max_audio_windows: int = 1
+    # "int8": the folder's encoders and LLM hold int8 weights (python -m training.export
+    # --quantization int8); they load as stored. None: weights in a float dtype.
+    quantization: str | None = None
 
     def __post_init__(self, **kwargs):
         defaults = {"vision_config": "siglip_vision_model", "audio_config": "whisper", "text_config": "phi"}

@@ -26,6 +26,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, SiglipVisionModel,
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import bunny, presets
+from . import quantization as quant
 from .config import PROJECTORS_FILE, AVChatConfig
 from .generation import sample_token
 from .llm_parts import EmbeddingsOnly, generation_config
@@ -90,25 +91,40 @@ class AVChatModel(nn.Module):
         dtype: torch.dtype | None = None,
         device: str | torch.device | None = None,
         embeddings_only: bool = False,
+        quantization: str = "none",
     ) -> AVChatModel:
         """Loads a checkpoint folder, a preset (``demo``, ``tiny``, ``phi2-shape``, ``phi2``) or, on
         a machine that reaches the hub, the components named by hub ids. ``embeddings_only`` loads
         of the LLM only its input embedding table: all the service needs when vLLM runs the LLM
-        (the rest would be a second copy of 5 GB)."""
+        (the rest would be a second copy of 5 GB).
+
+        ``quantization`` (:mod:`model.quantization`): ``int8`` quantizes the encoders and the LLM
+        after loading; a checkpoint exported with int8 weights loads as it is stored, whatever
+        is asked. ``bnb-8bit`` / ``bnb-4bit`` load the LLM through bitsandbytes on a GPU; vLLM's
+        methods concern the engine, not this load."""
         ref = presets.resolve(name_or_path, build=write_random_checkpoint)
         if isinstance(ref, AVChatConfig):
             root, config = None, ref
         else:
             root, config = ref, AVChatConfig.from_pretrained(ref)
         kw = {"dtype": dtype} if dtype is not None else {}
-        vision = SiglipVisionModel.from_pretrained(_component(root, config.vision_tower), **kw)
-        audio = WhisperModel.from_pretrained(_component(root, config.audio_tower), **kw)
+        stored_int8 = config.quantization == "int8"
+        if stored_int8 and embeddings_only:
+            raise ValueError(f"{root} holds int8 weights, which only the transformers engine runs")
         llm_ref = _component(root, config.llm)
-        llm = (
-            EmbeddingsOnly.load(llm_ref, config.text_config, dtype)
-            if embeddings_only
-            else AutoModelForCausalLM.from_pretrained(llm_ref, **kw)
-        )
+        if stored_int8:
+            vision, audio, llm = _load_int8_parts(root, config, dtype)
+        else:
+            vision = SiglipVisionModel.from_pretrained(_component(root, config.vision_tower), **kw)
+            audio = WhisperModel.from_pretrained(_component(root, config.audio_tower), **kw)
+            if embeddings_only:
+                llm = EmbeddingsOnly.load(llm_ref, config.text_config, dtype)
+            elif quantization in quant.BNB_METHODS:
+                llm = AutoModelForCausalLM.from_pretrained(
+                    llm_ref, quantization_config=quant.bnb_config(quantization), device_map={"": device}, **kw
+                )
+            else:
+                llm = AutoModelForCausalLM.from_pretrained(llm_ref, **kw)
         tokenizer = AutoTokenizer.from_pretrained(
             _component(root, config.tokenizer_name) if config.tokenizer_name else root
         )
@@ -132,10 +148,18 @@ class AVChatModel(nn.Module):
             model.load_projectors(os.path.join(root, PROJECTORS_FILE))
         elif config.vision_projector_init:
             model.load_bunny_projector(config.vision_projector_init)
-        if dtype is not None:
-            model.to(dtype)
-        if device is not None:
-            model.to(device)
+        parts = (
+            [model.vision_tower, model.audio_tower, model.vision_projector, model.audio_projector]
+            if quantization in quant.BNB_METHODS  # bitsandbytes placed the LLM itself
+            else [model]
+        )
+        for part in parts:
+            if dtype is not None:
+                part.to(dtype)
+            if device is not None:
+                part.to(device)
+        if quantization == "int8" and not stored_int8:
+            quant.quantize_int8(model)
         return model.eval()
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs) -> None:
@@ -361,7 +385,7 @@ class AVChatModel(nn.Module):
 
     def _owns(self, ref: str) -> bool:
         """Whether a component's weights must be written (not merely referred to by hub id)."""
-        return self.built_from_config or _is_local(self.source, ref)
+        return self.built_from_config or self.config.quantization == "int8" or _is_local(self.source, ref)
 
     def save_pretrained(self, path: str | os.PathLike, merge: bool = True) -> None:
         """Writes the checkpoint folder: config.json, tokenizer, projectors.safetensors, llm/
@@ -403,6 +427,21 @@ class AVChatModel(nn.Module):
         save_file(self.projector_state_dict(), str(out / PROJECTORS_FILE))
         config.vision_projector_init = None
         config.save_pretrained(out)
+
+
+def _load_int8_parts(root: str | None, config: AVChatConfig, dtype: torch.dtype | None):
+    """The encoders and the LLM of a checkpoint saved with int8 weights, as stored."""
+    from transformers import AutoConfig
+
+    folders = [_component(root, ref) for ref in (config.vision_tower, config.audio_tower, config.llm)]
+    if not all(os.path.isdir(f) for f in folders):
+        raise ValueError(f"{root}: an int8 checkpoint keeps every component in its own folder")
+    vision_cfg, audio_cfg, text_cfg = (AutoConfig.from_pretrained(f) for f in folders)
+    return (
+        quant.load_int8(lambda: SiglipVisionModel(vision_cfg), folders[0], dtype),
+        quant.load_int8(lambda: WhisperModel(audio_cfg), folders[1], dtype),
+        quant.load_int8(lambda: AutoModelForCausalLM.from_config(text_cfg), folders[2], dtype),
+    )
 
 
 def write_random_checkpoint(config: AVChatConfig, tokenizer, path: Path, seed: int, dtype: str = "float32") -> None:

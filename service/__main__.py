@@ -6,7 +6,8 @@ unready, lets requests in flight run for AVCHAT_DRAIN_TIMEOUT_S, then ends what 
 an error, in-band for streams), no process left behind even when killed (``reaper.py``), and one
 access-log line per request (the service's own JSON line; uvicorn's is off).
 
-Exit status: 0 after a stop, 3 when the generation engine died (so an orchestrator restarts it).
+Exit status: 0 after a stop, 2 for settings that cannot run, 3 when the generation engine died (so
+an orchestrator restarts it).
 """
 
 from __future__ import annotations
@@ -46,9 +47,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="warning", help="uvicorn's own log level (the service logs at INFO)")
     args = p.parse_args(argv)
     mark_and_exec()  # once: every process the service starts carries its pid from here on
-    from .app import create_app
+    from pydantic import ValidationError
 
-    settings = get_settings().model_copy(update={"host": args.host})
+    from model.quantization import QuantizationUnavailable
+
+    from .app import create_app
+    from .loading import check_quantization
+
+    try:
+        settings = get_settings().model_copy(update={"host": args.host})
+        check_quantization(settings)  # a combination that cannot run stops here, before anything loads
+    except ValidationError as exc:
+        for error in exc.errors():
+            print(f"error: AVCHAT_{str(error['loc'][0]).upper()}: {error['msg']}", file=sys.stderr)
+        return 2
+    except QuantizationUnavailable as exc:
+        print(f"error: AVCHAT_QUANTIZATION={settings.quantization}: {exc}", file=sys.stderr)
+        return 2
     app = create_app(settings)
     config = uvicorn.Config(
         app,

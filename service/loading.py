@@ -10,6 +10,7 @@ import logging
 from dataclasses import dataclass
 
 from model.ffmpeg import check_ffmpeg
+from model.quantization import VLLM_METHODS
 
 from .admission import Admission
 from .settings import Settings
@@ -35,12 +36,13 @@ async def load(settings: Settings) -> Parts:
 
     version = await asyncio.to_thread(check_ffmpeg)
     kind = choose(settings.engine, settings.device)
+    check_quantization(settings, kind)
     # With vLLM running the LLM, the service keeps only its embedding table (not a second copy).
     model = await asyncio.to_thread(load_model, settings, kind == "vllm")
     try:
         engine = await asyncio.to_thread(create_engine, kind, model, settings)
     except Exception as exc:
-        if settings.engine != "auto":
+        if settings.engine != "auto" or settings.quantization in VLLM_METHODS:
             raise
         log.warning("vLLM did not start (%s); using the transformers engine", exc)
         model = await asyncio.to_thread(load_model, settings, False)
@@ -77,6 +79,35 @@ def _store(settings: Settings, worker, model):
     return store
 
 
+def _llm_folder(model: str) -> str | None:
+    """The checkpoint's LLM folder, when ``model`` is a checkpoint folder that has one."""
+    import json
+    import os
+
+    config = os.path.join(model, "config.json")
+    if not os.path.isfile(config):
+        return None
+    with open(config) as f:
+        llm = json.load(f).get("llm") or "llm"
+    folder = os.path.join(model, llm)
+    return folder if os.path.isdir(folder) else llm
+
+
+def check_quantization(settings: Settings, kind: str | None = None) -> None:
+    """Raises ``QuantizationUnavailable`` (what would work, in its message) unless
+    ``AVCHAT_QUANTIZATION`` runs with this engine on this device; before anything loads."""
+    from model.quantization import check
+
+    from .engines import choose
+
+    check(
+        settings.quantization,
+        kind or choose(settings.engine, settings.device),
+        settings.device,
+        _llm_folder(settings.model),
+    )
+
+
 def load_model(settings: Settings, embeddings_only: bool):
     """The model, loaded in a worker thread so /health answers meanwhile."""
     import torch
@@ -86,7 +117,11 @@ def load_model(settings: Settings, embeddings_only: bool):
 
     hf_logging.disable_progress_bar()  # no "Loading weights" bars in a service log
     return AVChatModel.from_pretrained(
-        settings.model, dtype=getattr(torch, settings.dtype), device=settings.device, embeddings_only=embeddings_only
+        settings.model,
+        dtype=getattr(torch, settings.dtype),
+        device=settings.device,
+        embeddings_only=embeddings_only,
+        quantization=settings.quantization,
     )
 
 

@@ -29,6 +29,11 @@ class Settings(BaseSettings):
     )
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    quantization: Literal["none", "int8", "fp8", "awq", "gptq", "bnb-8bit", "bnb-4bit"] = Field(
+        "none",
+        description="int8: weight-only int8 encoders and LLM on a CPU (transformers engine); fp8/awq/gptq: "
+        "vLLM's, for the LLM on a GPU; bnb-8bit/bnb-4bit: bitsandbytes, transformers engine on a GPU",
+    )
 
     # -- admission ---------------------------------------------------------------------------
     max_concurrency: int = Field(4, description="generations running at once")

@@ -53,6 +53,7 @@ class VLLMEngine(Engine):
         tensor_parallel_size: int = 1,
         seed: int = 0,
         skip_tokenizer_init: bool = False,
+        quantization: str = "none",
     ):
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.v1.engine.async_llm import AsyncLLM
@@ -70,6 +71,7 @@ class VLLMEngine(Engine):
             enforce_eager=on_cpu,
             disable_log_stats=True,
             skip_tokenizer_init=skip_tokenizer_init,
+            quantization=None if quantization == "none" else quantization,  # fp8, awq, gptq (checked at start)
         )
         self.detokenize = not skip_tokenizer_init  # benchmarks with random weights have no tokenizer
         # vLLM's processes talk over sockets it names in the temp folder and never removes: give
@@ -101,6 +103,7 @@ class VLLMEngine(Engine):
             max_model_len=config.context_length,
             gpu_memory_utilization=settings.vllm_gpu_memory,
             tensor_parallel_size=settings.tensor_parallel_size,
+            quantization=settings.quantization,
         )
         return engine
 

@@ -2,6 +2,7 @@
 
     python -m training.export --run runs/stage2 --output checkpoints/latest
     python -m training.export --run runs/stage2/checkpoint-500 --output checkpoints/step500
+    python -m training.export --run runs/stage2 --output checkpoints/latest-int8 --quantization int8
 
 ``--run`` is a run folder (its newest trainer checkpoint is used) or one trainer checkpoint;
 the run's ``run_config.json`` says which model and stage it started from.
@@ -18,7 +19,9 @@ from pathlib import Path
 from .config import TrainConfig
 
 
-def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = True) -> Path:
+def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = True, quantization: str = "none") -> Path:
+    """Writes the checkpoint folder; ``quantization="int8"`` merges LoRA, then stores the
+    encoders and the LLM as int8 weights (:mod:`model.quantization`), which load as stored."""
     from safetensors.torch import load_file
     from transformers.trainer_utils import get_last_checkpoint
 
@@ -47,6 +50,14 @@ def export(run: str | os.PathLike, output: str | os.PathLike, merge: bool = True
     if missing:
         raise ValueError(f"{ckpt} does not fit the model of its run: {sorted(missing)[:3]}")
     model.load_state_dict(state, strict=False)
+    if quantization == "int8":
+        from model.quantization import quantize_int8
+
+        if not merge:
+            raise ValueError("--quantization int8 stores the LLM with its LoRA merged; drop --no-merge")
+        if model.has_lora:
+            model.merge_lora()
+        quantize_int8(model)
     model.save_pretrained(output, merge=merge)
     return Path(output)
 
@@ -56,9 +67,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--run", required=True, help="a run folder or one of its checkpoint-N folders")
     p.add_argument("--output", required=True, help="the checkpoint folder to write")
     p.add_argument("--no-merge", action="store_true", help="keep the LoRA adapter separate (adapter/)")
+    p.add_argument(
+        "--quantization",
+        choices=["none", "int8"],
+        default="none",
+        help="int8: store the encoders and the LLM as int8 weights, for CPUs (half of bfloat16's size)",
+    )
     args = p.parse_args(argv)
     try:
-        out = export(args.run, args.output, merge=not args.no_merge)
+        out = export(args.run, args.output, merge=not args.no_merge, quantization=args.quantization)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -40,7 +40,11 @@ from .synthetic_clips import COLOURS, MOTIONS, SOUNDS, ClipSpec, build, make_cli
 
 
 def evaluate(
-    checkpoint: str | Path, test_manifest: Path, feature_cache: Path | None = None, max_audio_windows: int | None = None
+    checkpoint: str | Path,
+    test_manifest: Path,
+    feature_cache: Path | None = None,
+    max_audio_windows: int | None = None,
+    quantization: str = "none",
 ) -> dict:
     """Greedy answers on held-out questions; accuracy by question kind (an answer counts when
     every expected keyword, and no other option of the same field, appears in it).
@@ -51,7 +55,7 @@ def evaluate(
     from .data import ManifestDataset, read_manifest, to_messages
     from .features import FeatureStore
 
-    model = AVChatModel.from_pretrained(checkpoint)
+    model = AVChatModel.from_pretrained(checkpoint, quantization=quantization)
     store = FeatureStore(feature_cache, model.config) if feature_cache else None
     data = ManifestDataset([str(test_manifest)], model.processor, model.config.modalities, store)
     per_kind: dict[str, list[int]] = {}
