@@ -5,12 +5,13 @@
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
+LMMS_VENV ?= .venv-lmms
 PORT ?= 8000
 CLIP ?= model/demo/sample.mp4
 TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 QUESTION ?= What colour is the square, and what do you hear?
 
-.PHONY: install install-dev install-extras system-deps demo serve ask lint test test-fast test-wheel-ffmpeg bench experiment clean
+.PHONY: install install-dev install-extras install-lmms-eval system-deps demo serve ask lint test test-fast test-wheel-ffmpeg bench experiment clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,9 +36,24 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
-# The optional extras whose tests skip without them (CI installs them): Ray Data for batch inference.
-install-extras: install-dev
+# The optional extras whose tests skip without them (CI installs them): Ray Data for batch inference,
+# and lmms-eval's command line in its own environment.
+install-extras: install-dev install-lmms-eval
 	$(PY) -m pip install -q -e '.[ray]'
+
+# lmms-eval 0.7.3 in $(LMMS_VENV), apart: it needs torchvision, and PyPI's breaks beside .venv's torch
+# 2.13.0+cpu. torch 2.14.1 + torchvision 0.29.1 are the CUDA builds (they run on CPU; about 7 GB with
+# the rest; about 2 minutes from a warm pip cache). decord: the video reader its frames mode needs
+# (torchvision 0.29 has no read_video). filelock 3.x: lmms-eval 0.7.3 imports filelock._api, gone in 4.x.
+$(LMMS_VENV)/.installed:
+	$(PYTHON) -m venv $(LMMS_VENV)
+	$(LMMS_VENV)/bin/python -m pip install -q --upgrade pip
+	$(LMMS_VENV)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1 lmms-eval==0.7.3 decord==0.6.0 \
+	    'filelock>=3.20,<4'
+	$(LMMS_VENV)/bin/lmms-eval version >/dev/null
+	touch $@
+
+install-lmms-eval: $(LMMS_VENV)/.installed
 
 demo: install
 	PY=$(PY) PORT=$(PORT) CLIP="$(CLIP)" QUESTION="$(QUESTION)" scripts/demo.sh
@@ -85,4 +101,4 @@ experiment: install-dev
 	$(PY) -m training.synthetic experiment --out runs/synthetic
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(LMMS_VENV) .pytest_cache
