@@ -20,6 +20,7 @@ SLOW_MODULES = {
     "test_batch_offline",
     "test_cli",
     "test_fleet",
+    "test_lmms_eval",
     "test_long_audio",
     "test_media_parts",
     "test_page",
