@@ -4,6 +4,7 @@ pipeline, one decode per video). Resumes: questions already answered are skipped
 
 from __future__ import annotations
 
+import copy
 import threading
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -12,6 +13,12 @@ from tqdm import tqdm
 
 from .. import jsonl
 from .questions import resolve_video
+
+
+def _with_modalities(answerer, modalities):
+    other = copy.copy(answerer)  # shallow: the client, the model and the lock are shared
+    other.modalities = modalities
+    return other
 
 
 class ServiceAnswerer:
@@ -24,12 +31,25 @@ class ServiceAnswerer:
         self.client = Client(base_url=base_url, api_key=api_key, max_retries=3)
         self.max_tokens, self.modalities = max_tokens, modalities
 
-    def ask_all(self, video: Path, questions: list[str]) -> list[str]:
+    def with_modalities(self, modalities: list[str] | None) -> ServiceAnswerer:
+        """The same client answering with other streams (a benchmark's splits)."""
+        return _with_modalities(self, modalities)
+
+    def ask_all(self, video: Path, questions: list[str], window: tuple[float, float | None] | None = None) -> list[str]:
+        """The answers to questions about one video (or its window: start, end seconds)."""
         from clients import NotFoundError
 
         answers, video_id = [], None
+        start, end = window or (None, None)
         for q in questions:
-            kwargs = dict(prompt=q, max_tokens=self.max_tokens, temperature=0, input_modalities=self.modalities)
+            kwargs = dict(
+                prompt=q,
+                max_tokens=self.max_tokens,
+                temperature=0,
+                input_modalities=self.modalities,
+                start=start,
+                end=end,
+            )
             try:
                 r = self.client.video.chat.create(video=video_id or str(video), **kwargs)
             except NotFoundError:  # the cached features were evicted: upload again
@@ -49,13 +69,19 @@ class LocalAnswerer:
         self.max_tokens, self.modalities = max_tokens, modalities
         self.lock = threading.Lock()
 
-    def ask_all(self, video: Path, questions: list[str]) -> list[str]:
+    def with_modalities(self, modalities: list[str] | None) -> LocalAnswerer:
+        """The same loaded model (and its lock) answering with other streams."""
+        return _with_modalities(self, modalities)
+
+    def ask_all(self, video: Path, questions: list[str], window: tuple[float, float | None] | None = None) -> list[str]:
         from model import pipeline
         from model.generation import answer
+        from model.media import Window
 
         model = self.model
+        span = Window(*window) if window else None
         with self.lock:
-            _, embeddings = pipeline.embed_media(model, [str(video)], self.modalities)[0]
+            _, embeddings = pipeline.embed_media(model, [str(video)], self.modalities, span)[0]
             answers = []
             for q in questions:
                 p = pipeline.prompt(
