@@ -17,6 +17,13 @@ Metrics: correctness, detail, context (generic and audio-visual questions), temp
 questions), consistency (the paraphrased pairs, judged together). Every step resumes: a rerun
 skips what is done, and judge replies are cached, so a rerun costs no judge calls.
 
-The submodules: ``questions`` (the files), ``predict``, ``judge``, ``report``; ``__main__`` is the
+Multiple-choice benchmarks in their released layouts (WorldSense, AV-SpeakerBench with its
+audio-visual / audio-only / visual-only splits, AVHBench's yes/no judgments) need no judge:
+
+    python -m training.evaluate mcq --questions training/benchmarks/av_speakerbench/questions.json \
+        --videos videos/ --base-url http://127.0.0.1:8000 --out runs/mcq/av_speakerbench
+
+The submodules: ``questions`` (the files), ``predict``, ``judge``, ``report``; ``mcq_layouts``
+and ``mcq`` (the multiple-choice files, and their answers and scores); ``__main__`` is the
 command line.
 """

@@ -1,4 +1,4 @@
-"""Command line of the evaluation: ``python -m training.evaluate predict | judge | report``."""
+"""Command line of the evaluation: ``python -m training.evaluate predict | judge | report | mcq``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m training.evaluate", description="Video-ChatGPT-style evaluation: predict, judge, report."
+        prog="python -m training.evaluate",
+        description="Video-ChatGPT-style evaluation: predict, judge, report; multiple-choice benchmarks: mcq.",
     )
     sub = p.add_subparsers(dest="command", required=True)
     pr = sub.add_parser("predict", help="answer a benchmark's questions")
@@ -35,6 +36,28 @@ def _parser() -> argparse.ArgumentParser:
     ju.add_argument("--concurrency", type=int, default=8)
     ju.add_argument("--cache", help="judge reply cache (default: beside --out)")
     ju.add_argument("--out", required=True)
+    mc = sub.add_parser("mcq", help="multiple-choice benchmarks: answers, accuracy per task and split, chart")
+    mc.add_argument(
+        "--questions",
+        required=True,
+        help="WorldSense's worldsense_qa.json, AV-SpeakerBench's questions (JSON or JSON lines), "
+        "or AVHBench's json/ folder (or one of its files)",
+    )
+    mc.add_argument("--videos", help="folder of the videos the questions name")
+    mc.add_argument("--layout", default="auto", choices=["auto", "worldsense", "av-speakerbench", "avhbench"])
+    mc.add_argument(
+        "--splits",
+        default=None,
+        help="comma-separated, of audio-visual, audio-only, visual-only (default: all three for "
+        "AV-SpeakerBench, audio-visual for the others)",
+    )
+    msrc = mc.add_mutually_exclusive_group(required=True)
+    msrc.add_argument("--base-url", help="a running service (our SDK; $AVCHAT_API_KEY for its key)")
+    msrc.add_argument("--checkpoint", help="answer in-process from a checkpoint folder or preset")
+    mc.add_argument("--max-tokens", type=int, default=16, help="a letter needs few; room for 'The answer is B'")
+    mc.add_argument("--concurrency", type=int, default=4, help="videos in flight at once")
+    mc.add_argument("--device", default="cpu")
+    mc.add_argument("--out", required=True, help="folder: predictions.jsonl (a rerun continues it) and the report")
     rp = sub.add_parser("report", help="tables and a chart of judged runs, side by side")
     rp.add_argument(
         "--run",
@@ -49,6 +72,40 @@ def _parser() -> argparse.ArgumentParser:
 def _fail(message: str, code: int = 2) -> int:
     print(f"error: {message}", file=sys.stderr)
     return code
+
+
+def _mcq(args) -> int:
+    if not os.path.exists(args.questions):
+        return _fail(f"--questions {args.questions}: no such file or folder")
+    if args.videos and not os.path.isdir(args.videos):
+        return _fail(f"--videos {args.videos}: no such folder")
+    from .mcq import answer_all, report
+    from .mcq_layouts import DEFAULT_SPLITS, SPLITS, LayoutError, expand, load
+
+    try:
+        layout, items = load(args.questions, args.layout)
+    except LayoutError as exc:
+        return _fail(str(exc))
+    splits = [s.strip() for s in args.splits.split(",")] if args.splits else DEFAULT_SPLITS[layout]
+    if unknown := [s for s in splits if s not in SPLITS]:
+        return _fail(f"--splits: {', '.join(unknown)} unknown (use {', '.join(SPLITS)})")
+    from .predict import LocalAnswerer, ServiceAnswerer
+
+    answerer = (
+        ServiceAnswerer(args.base_url, os.environ.get("AVCHAT_API_KEY"), args.max_tokens, None)
+        if args.base_url
+        else LocalAnswerer(args.checkpoint, args.max_tokens, None, args.device)
+    )
+    out = Path(args.out)
+    samples = expand(items, splits)
+    print(f"mcq: {layout}, {len(items)} questions x {len(splits)} splits ({', '.join(splits)})")
+    summary = answer_all(
+        samples, Path(args.videos) if args.videos else None, answerer, out / "predictions.jsonl", args.concurrency
+    )
+    print(report(out / "predictions.jsonl", out))
+    if summary["samples"] and not summary["answered"]:
+        return _fail("no question could be answered (see the missing and failed videos above)", 1)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -99,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
                 4,
             )
         return 0
+    if args.command == "mcq":
+        return _mcq(args)
     runs: dict[str, list[Path]] = {}
     for spec in args.run:
         name, sep, path = spec.partition("=")
