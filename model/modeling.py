@@ -27,26 +27,16 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from . import bunny, presets
 from . import quantization as quant
+from .components import component, is_local, load_components
 from .config import PROJECTORS_FILE, AVChatConfig
 from .generation import sample_token
-from .llm_parts import EmbeddingsOnly, generation_config
+from .llm_parts import generation_config
 from .processor import AVChatProcessor, add_media_tokens
 
 
 def mlp2x_gelu(in_dim: int, out_dim: int) -> nn.Sequential:
     # Same layout as Bunny's projector, so its `mm_projector.0/2` weights load by index.
     return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
-
-
-def _component(root: str | None, ref: str) -> str:
-    """A component reference is a subfolder of the checkpoint, a local folder, or a hub id."""
-    if root is not None and os.path.isdir(os.path.join(root, ref)):
-        return os.path.join(root, ref)
-    return ref
-
-
-def _is_local(root: str | None, ref: str) -> bool:
-    return os.path.isdir(_component(root, ref))
 
 
 class AVChatModel(nn.Module):
@@ -107,26 +97,11 @@ class AVChatModel(nn.Module):
             root, config = None, ref
         else:
             root, config = ref, AVChatConfig.from_pretrained(ref)
-        kw = {"dtype": dtype} if dtype is not None else {}
         stored_int8 = config.quantization == "int8"
-        if stored_int8 and embeddings_only:
-            raise ValueError(f"{root} holds int8 weights, which only the transformers engine runs")
-        llm_ref = _component(root, config.llm)
-        if stored_int8:
-            vision, audio, llm = _load_int8_parts(root, config, dtype)
-        else:
-            vision = SiglipVisionModel.from_pretrained(_component(root, config.vision_tower), **kw)
-            audio = WhisperModel.from_pretrained(_component(root, config.audio_tower), **kw)
-            if embeddings_only:
-                llm = EmbeddingsOnly.load(llm_ref, config.text_config, dtype)
-            elif quantization in quant.BNB_METHODS:
-                llm = AutoModelForCausalLM.from_pretrained(
-                    llm_ref, quantization_config=quant.bnb_config(quantization), device_map={"": device}, **kw
-                )
-            else:
-                llm = AutoModelForCausalLM.from_pretrained(llm_ref, **kw)
+        llm_ref = component(root, config.llm)
+        vision, audio, llm = load_components(root, config, dtype, device, embeddings_only, quantization)
         tokenizer = AutoTokenizer.from_pretrained(
-            _component(root, config.tokenizer_name) if config.tokenizer_name else root
+            component(root, config.tokenizer_name) if config.tokenizer_name else root
         )
         add_media_tokens(tokenizer)
         # Sub-configs follow the weights actually loaded.
@@ -385,7 +360,7 @@ class AVChatModel(nn.Module):
 
     def _owns(self, ref: str) -> bool:
         """Whether a component's weights must be written (not merely referred to by hub id)."""
-        return self.built_from_config or self.config.quantization == "int8" or _is_local(self.source, ref)
+        return self.built_from_config or self.config.quantization == "int8" or is_local(self.source, ref)
 
     def save_pretrained(self, path: str | os.PathLike, merge: bool = True) -> None:
         """Writes the checkpoint folder: config.json, tokenizer, projectors.safetensors, llm/
@@ -427,21 +402,6 @@ class AVChatModel(nn.Module):
         save_file(self.projector_state_dict(), str(out / PROJECTORS_FILE))
         config.vision_projector_init = None
         config.save_pretrained(out)
-
-
-def _load_int8_parts(root: str | None, config: AVChatConfig, dtype: torch.dtype | None):
-    """The encoders and the LLM of a checkpoint saved with int8 weights, as stored."""
-    from transformers import AutoConfig
-
-    folders = [_component(root, ref) for ref in (config.vision_tower, config.audio_tower, config.llm)]
-    if not all(os.path.isdir(f) for f in folders):
-        raise ValueError(f"{root}: an int8 checkpoint keeps every component in its own folder")
-    vision_cfg, audio_cfg, text_cfg = (AutoConfig.from_pretrained(f) for f in folders)
-    return (
-        quant.load_int8(lambda: SiglipVisionModel(vision_cfg), folders[0], dtype),
-        quant.load_int8(lambda: WhisperModel(audio_cfg), folders[1], dtype),
-        quant.load_int8(lambda: AutoModelForCausalLM.from_config(text_cfg), folders[2], dtype),
-    )
 
 
 def write_random_checkpoint(config: AVChatConfig, tokenizer, path: Path, seed: int, dtype: str = "float32") -> None:

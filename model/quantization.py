@@ -168,16 +168,16 @@ def _tied(module: nn.Module) -> set[int]:
 
 
 def _replace(module: nn.Module, make) -> int:
-    """Replaces every ``nn.Linear`` under ``module`` with ``make(linear)``, one at a time (so the
-    float weights are freed as it goes); returns how many."""
+    """Replaces every ``nn.Linear`` under ``module`` with ``make(linear)``, one at a time, holding
+    only their names meanwhile, so that each float weight is freed as soon as it is replaced."""
     skip = _tied(module)
-    count = 0
-    for parent in list(module.modules()):
-        for name, child in list(parent.named_children()):
-            if type(child) is nn.Linear and id(child) not in skip:
-                setattr(parent, name, make(child))
-                count += 1
-    return count
+    names = [n for n, m in module.named_modules() if type(m) is nn.Linear and id(m) not in skip]
+    del skip
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = module.get_submodule(parent_name) if parent_name else module
+        setattr(parent, child, make(getattr(parent, child)))
+    return len(names)
 
 
 def quantize_int8(model) -> int:

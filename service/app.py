@@ -174,7 +174,8 @@ async def _startup(state: State) -> None:
     METRICS.engine.labels(state.engine.name, settings.model_id).set(1)
     state.ready = True
     METRICS.ready.set(1)
-    log.info("ready", extra={"fields": {"model": settings.model, "engine": state.engine.name, "ffmpeg": parts.ffmpeg}})
+    fields = {"model": settings.model, "engine": state.engine.name, "ffmpeg": parts.ffmpeg}
+    log.info("ready", extra={"fields": fields | {"quantization": parts.model.config.quantization or "none"}})
 
 
 class _JsonFormatter(logging.Formatter):

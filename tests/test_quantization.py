@@ -192,3 +192,50 @@ def test_the_demo_models_answers_on_the_synthetic_held_out_set_are_unchanged_und
     assert not changed, changed[:5]
     assert int8["accuracy"] == full["accuracy"]
     assert full["accuracy"]["audio"] > 0.9  # the set is the one the demo model learnt to answer
+
+
+@pytest.mark.slow
+def test_the_service_serves_the_demo_model_in_int8_with_the_same_answer(tmp_path):
+    """Served with AVCHAT_QUANTIZATION=int8, the demo model answers the sample clip as the
+    float32 model does in-process (greedy), and says it runs int8 in its ready line."""
+    import json
+
+    from openai import OpenAI
+
+    from model.generation import answer
+    from tests.servers import Server
+
+    clip = ROOT / "model" / "demo" / "sample.mp4"
+    question = "What colour is the square, and what do you hear?"
+    full = AVChatModel.from_pretrained("demo")
+    media = decode(str(clip), full.config)
+    with torch.inference_mode():
+        e = project(full, encode(full, [preprocess(full.processor, media)]))[0]
+        p = prompt(full.processor, [{"role": "user", "content": question}], e)
+        expected = answer(full, prompt_embeds(full, p, e), 32)[0].strip()
+    srv = Server(
+        {"AVCHAT_MODEL": "demo", "AVCHAT_QUANTIZATION": "int8", "AVCHAT_ALLOWED_LOCAL_MEDIA_PATH": str(clip.parent)},
+        tmp_path / "server.log",
+    )
+    try:
+        srv.wait_ready()
+        client = OpenAI(base_url=srv.url + "/v1", api_key="none")
+        reply = client.chat.completions.create(
+            model="demo",
+            max_tokens=32,
+            temperature=0,
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": question},
+                        {"type": "video_url", "video_url": {"url": clip.as_uri()}},
+                    ],
+                }
+            ],
+        )
+    finally:
+        srv.stop()
+    assert reply.choices[0].message.content.strip() == expected
+    lines = [json.loads(line) for line in (tmp_path / "server.log").read_text().splitlines() if line.startswith("{")]
+    assert [line["quantization"] for line in lines if line.get("msg") == "ready"] == ["int8"]

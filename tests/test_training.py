@@ -484,6 +484,37 @@ def test_export_command_and_the_service_serves_the_result(stage2, tiny_home, tmp
         srv.stop()
 
 
+def test_export_with_int8_weights_stores_the_trained_model_quantized(stage2, tiny_home, tmp_path):
+    from model.quantization import Int8Linear
+
+    out = tmp_path / "int8"
+    _run("training.export", "--run", str(stage2["av"]), "--output", str(out), "--quantization", "int8", home=tiny_home)
+    final = AVChatModel.from_pretrained(stage2["av"] / "final")
+    exported = AVChatModel.from_pretrained(out)
+    assert exported.config.quantization == "int8"
+    for prefix in ("audio_projector", "vision_projector"):  # the trained projectors are kept as they are
+        assert not _changed(_state(final, prefix), _state(exported, prefix)), prefix
+    trained = dict(final.llm.named_modules())
+    layers = [(name, m) for name, m in exported.llm.named_modules() if isinstance(m, Int8Linear)]
+    assert layers
+    for name, layer in layers:  # each weight within half an int8 step of the trained (LoRA-merged) one
+        error = (layer.dequantized(torch.float32) - trained[name].weight.float()).abs()
+        assert (error <= layer.weight_scale.float()[:, None] * 0.5 + 1e-6).all(), name
+    refused = _run(
+        "training.export",
+        "--run",
+        str(stage2["av"]),
+        "--output",
+        str(tmp_path / "x"),
+        "--quantization",
+        "int8",
+        "--no-merge",
+        check=False,
+        home=tiny_home,
+    )
+    assert refused.returncode == 2 and "drop --no-merge" in refused.stderr
+
+
 def test_export_from_a_trainer_checkpoint_merges_lora(manifests, stage1, tiny_home, tmp_path):
     run = tmp_path / "run"
     _run(
