@@ -54,7 +54,9 @@ class ServiceAnswerer:
                 r = self.client.video.chat.create(video=video_id or str(video), **kwargs)
             except NotFoundError:  # the cached features were evicted: upload again
                 r = self.client.video.chat.create(video=str(video), **kwargs)
-            video_id = r.video_id
+            # A window applies only to a video sent with the request (a follow-up by video_id is
+            # refused with 400), so windowed questions each send the file.
+            video_id = None if window else r.video_id
             answers.append((r.choices[0].message.content or "").strip())
         return answers
 
