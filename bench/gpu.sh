@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# The GPU checks and benchmarks, in one go on a CUDA host (about 6-8 minutes on one H100):
+# The GPU checks and benchmarks, in one go on a CUDA host (about 8-10 minutes on one H100):
 #   1. what the host has (GPU, driver, torch, vLLM);
 #   2. the paper's model answers a real clip on the GPU through the command line (bf16);
 #   3. bench/gpu_bench.py: encoder ms per video, then both engines at 1 and 16 concurrent
-#      streams (TTFT, tokens/s, peak GPU memory), each figure beside its DESIGN §6 floor.
+#      streams (TTFT, tokens/s, peak GPU memory), each figure beside its DESIGN §6 floor; vLLM
+#      twice, with the LLM in bfloat16 and in FP8 (AVCHAT_QUANTIZATION=fp8, quantized at load).
 # The model is phi2 when `python -m model download` has cached it, else phi2-shape (the same
 # sizes, random weights, built offline in about a minute). Needs torch with CUDA and vLLM in the
 # environment (pip install -r docker/requirements.txt && pip install -e .), or run it inside the image:

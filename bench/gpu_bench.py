@@ -1,7 +1,7 @@
 """The GPU path at real size, one table: encoder time per video, then each engine (transformers,
-vLLM) at 1 and 16 concurrent streams: time to first token, tokens/s, peak GPU memory. Beside
-each figure, its floor from DESIGN §6 (H100, bf16), so the first run on a GPU host fills the
-whole table. Run by bench/gpu.sh.
+vLLM, with the LLM in the dtype and then in FP8) at 1 and 16 concurrent streams: time to first
+token, tokens/s, peak GPU memory. Beside each figure, its floor from DESIGN §6 (H100, bf16), so
+the first run on a GPU host fills the whole table. Run by bench/gpu.sh.
 
 The model is ``phi2`` when its weights are in the Hugging Face cache (``python -m model
 download``), else ``phi2-shape`` (the same sizes, random weights, built offline). ``--device cpu
@@ -138,6 +138,11 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--engines", default="transformers,vllm")
     parser.add_argument("--vllm-gpu-memory", type=float, default=0.6)
+    parser.add_argument(
+        "--quantizations",
+        default=None,
+        help="vLLM's LLM quantizations to run, each in turn (default: none,fp8 on a GPU, none on a CPU)",
+    )
     args = parser.parse_args()
     on_gpu = args.device.startswith("cuda")
     if on_gpu and not torch.cuda.is_available():
@@ -227,18 +232,19 @@ def main() -> int:
         if not on_gpu:
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
-        async def run_vllm():
-            log("starting vLLM")
+        async def run_vllm(quantization: str):
+            name = "vllm" if quantization == "none" else f"vllm {quantization}"
+            log(f"starting {name}")
             start = time.perf_counter()
-            engine = VLLMEngine.from_model(model, settings)
-            out = [("vllm, start", f"{time.perf_counter() - start:.0f} s (load, warm-up, graphs)", "")]
+            engine = VLLMEngine.from_model(model, settings.model_copy(update={"quantization": quantization}))
+            out = [(f"{name}, start", f"{time.perf_counter() - start:.0f} s (load, warm-up, graphs)", "")]
             await streams(engine, embeds, 1, 4)  # warm-up
             for level in levels:
-                log(f"vllm, {level} concurrent")
+                log(f"{name}, {level} concurrent")
                 r = await streams(engine, embeds, level, args.tokens)
                 out.append(
                     (
-                        f"vllm, {level} concurrent",
+                        f"{name}, {level} concurrent",
                         f"TTFT {r['ttft_ms']:.0f} ms, {r['tokens_per_s']:.0f} tokens/s "
                         f"({r['tokens_per_answer']:.0f} tokens per answer)",
                         floors(level),
@@ -249,11 +255,18 @@ def main() -> int:
             gc.collect()  # shut down here, not during interpreter exit
             return out
 
-        with GpuMemory(args.device) as mem:
-            rows += asyncio.run(run_vllm())
-        rows.append(
-            ("vllm, peak memory (all processes)", f"{mem.peak:.1f} GiB", f"its share: {args.vllm_gpu_memory:.0%}")
-        )
+        quantizations = (args.quantizations or ("none,fp8" if on_gpu else "none")).split(",")
+        for quantization in quantizations:
+            with GpuMemory(args.device) as mem:
+                rows += asyncio.run(run_vllm(quantization))
+            label = "vllm" if quantization == "none" else f"vllm {quantization}"
+            rows.append(
+                (
+                    f"{label}, peak memory (all processes)",
+                    f"{mem.peak:.1f} GiB",
+                    f"its share: {args.vllm_gpu_memory:.0%}",
+                )
+            )
 
     name = torch.cuda.get_device_name() if on_gpu else f"CPU ({os.cpu_count()} cores)"
     print(f"\n{name}; {args.tokens} tokens per answer; floors from DESIGN §6 (H100, bf16)\n")

@@ -7,12 +7,19 @@ tokens, time per generated token, and one real clip end to end (decode -> encode
 FLOPs (analytic, from the config) over the matmul speed measured here, or from the bytes of
 weights read per token over the memory bandwidth measured here; and DESIGN §6's H100 floor.
 
+``int8`` is weight-only int8 (``AVCHAT_QUANTIZATION=int8``: the encoders' and the LLM's linear
+layers) computing in bfloat16, loaded from a checkpoint exported int8 (built once, in its own
+process, so quantizing costs nothing here). Each process also keeps its SigLIP, Whisper and
+prefill outputs for the same seeded inputs; the report gives their cosine against float32's
+(or bfloat16's, without float32).
+
 Then the SigLIP speed-ups, side by side on 16 frames: float32 one frame at a time (the slow way)
 against larger chunks, bfloat16, channels-last and torch.compile; and how far bfloat16's
 encoder features are from float32's.
 
-    python bench/real_size.py            # ~35 min on 2 cores; needs ~20 GB free for float32
-    python bench/real_size.py --quick    # 8 frames instead of 100, no variants (~6 min)
+    python bench/real_size.py            # ~45 min on 2 cores; needs ~20 GB free for float32
+    python bench/real_size.py --quick    # 8 frames instead of 100, no variants (~8 min)
+    python bench/real_size.py --dtypes bfloat16,int8 --no-variants   # the int8 comparison alone
 """
 
 from __future__ import annotations
@@ -21,9 +28,11 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -99,7 +108,24 @@ def peak_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
 
 
-def child(dtype_name: str, frames: int, variants: bool) -> dict:
+def int8_checkpoint() -> Path:
+    """phi2-shape exported with int8 weights (as ``training.export --quantization int8`` writes
+    it), built once beside the preset."""
+    import torch
+
+    from model import AVChatModel, presets
+    from model.quantization import quantize_int8
+
+    folder = presets.cache_home() / "phi2-shape-int8"
+    if not (folder / "config.json").exists():
+        log("building phi2-shape-int8 from phi2-shape (once)")
+        model = AVChatModel.from_pretrained("phi2-shape", dtype=torch.bfloat16)
+        quantize_int8(model)
+        model.save_pretrained(folder)
+    return folder
+
+
+def child(dtype_name: str, frames: int, variants: bool, outputs: Path | None = None) -> dict:
     import torch
 
     from model import AVChatModel
@@ -107,15 +133,18 @@ def child(dtype_name: str, frames: int, variants: bool) -> dict:
     from model.pipeline import decode, encode, preprocess, project, prompt, prompt_embeds
 
     torch.manual_seed(0)
-    dtype = getattr(torch, dtype_name)
+    dtype = torch.bfloat16 if dtype_name == "int8" else getattr(torch, dtype_name)
     out: dict = {"dtype": dtype_name, "threads": torch.get_num_threads()}
     from model import presets
     from model.modeling import write_random_checkpoint
 
     log(f"{dtype_name}: loading phi2-shape (built on first use, before the clock starts)")
     presets.resolve("phi2-shape", build=write_random_checkpoint)
+    source = "phi2-shape"
+    if dtype_name == "int8":
+        source = _built_int8()
     start = time.perf_counter()
-    model = AVChatModel.from_pretrained("phi2-shape", dtype=dtype)
+    model = AVChatModel.from_pretrained(source, dtype=dtype)
     out["load_s"] = time.perf_counter() - start
     out["rss_after_load_gib"] = peak_gib()
     out["params"] = sum(p.numel() for p in model.parameters())
@@ -124,21 +153,28 @@ def child(dtype_name: str, frames: int, variants: bool) -> dict:
 
     with torch.inference_mode():
         log(f"{dtype_name}: SigLIP, {frames} frames")
-        pixels = torch.randn(frames, 3, size, size, dtype=dtype)
+        # The same seeded inputs in every process (drawn in float32, then cast), so that their
+        # outputs can be compared.
+        pixels = torch.randn(frames, 3, size, size, generator=torch.Generator().manual_seed(1)).to(dtype)
         model.pool_video([pixels[:2]])  # first-call allocations
         start = time.perf_counter()
-        model.pool_video([pixels])
+        pooled = model.pool_video([pixels])
         out["siglip_s"], out["siglip_frames"] = time.perf_counter() - start, frames
 
         log(f"{dtype_name}: Whisper, 30 s")
-        mel = torch.randn(1, 80, 3000, dtype=dtype)
-        model.encode_audio(mel)
+        mel = torch.randn(1, 80, 3000, generator=torch.Generator().manual_seed(2)).to(dtype)
+        heard = model.encode_audio(mel)
         out["whisper_s"] = seconds(lambda: model.encode_audio(mel), 3)
 
         log(f"{dtype_name}: prefill {PREFILL_TOKENS} tokens, then {DECODE_TOKENS} tokens")
-        embeds = torch.randn(1, PREFILL_TOKENS, config.text_config.hidden_size, dtype=dtype) * 0.02
+        hidden = config.text_config.hidden_size
+        embeds = (torch.randn(1, PREFILL_TOKENS, hidden, generator=torch.Generator().manual_seed(3)) * 0.02).to(dtype)
         model.llm(inputs_embeds=embeds[:, :64], use_cache=True, logits_to_keep=1)
         out["prefill_s"] = seconds(lambda: model.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1), 2)
+        if outputs is not None:
+            logits = model.llm(inputs_embeds=embeds, use_cache=False, logits_to_keep=1).logits
+            kept = {"siglip": pooled, "whisper": heard, "prefill_logits": logits}
+            torch.save({k: v.float().reshape(-1, v.shape[-1]).cpu() for k, v in kept.items()}, outputs)
         cache = model.llm(inputs_embeds=embeds, use_cache=True, logits_to_keep=1).past_key_values
         token = torch.tensor([[1]])
         steps = []
@@ -170,10 +206,16 @@ def child(dtype_name: str, frames: int, variants: bool) -> dict:
         "generated": generated,
     }
 
-    if variants:
+    if variants and dtype_name != "int8":
         out["variants"] = siglip_variants(model, dtype_name)
     out["peak_gib"] = peak_gib()
     return out
+
+
+def _built_int8() -> str:
+    """The int8 checkpoint's folder, built in a process of its own (its float peak is not ours)."""
+    subprocess.run([sys.executable, __file__, "--build-int8"], check=True, stdout=subprocess.DEVNULL)
+    return str(int8_checkpoint())
 
 
 def siglip_variants(model, dtype_name: str, frames: int = 16) -> list[dict]:
@@ -237,7 +279,35 @@ def fmt_s(seconds: float) -> str:
     return f"{seconds * 1e3:.0f} ms" if seconds < 1 else f"{seconds:.1f} s"
 
 
-def report(results: dict[str, dict], speed: dict[str, float], flops: dict[str, float], frames: int) -> str:
+COMPUTE = {"float32": "float32", "bfloat16": "bfloat16", "int8": "bfloat16"}  # what the matmuls run in
+WEIGHT_BYTES = {"float32": 4, "bfloat16": 2, "int8": 1}  # per LLM weight read for a generated token
+
+
+def cosines(outputs: dict[str, Path]) -> dict[str, dict[str, float]]:
+    """Per process, the lowest cosine over rows of its SigLIP, Whisper and prefill outputs
+    against the reference process's (float32's, else bfloat16's)."""
+    import torch
+
+    reference = "float32" if "float32" in outputs else "bfloat16"
+    if reference not in outputs:
+        return {}
+    ref = torch.load(outputs[reference])
+    out = {}
+    for d, path in outputs.items():
+        if d == reference:
+            continue
+        mine = torch.load(path)
+        row = {}
+        for k in ref:
+            real = ref[k].norm(dim=-1) > 0  # SigLIP's rows for frames that are not there are zeros
+            row[k] = torch.nn.functional.cosine_similarity(mine[k][real].double(), ref[k][real].double(), dim=-1)
+        out[d] = {"against": reference} | {k: v.min().item() for k, v in row.items()}
+    return out
+
+
+def report(
+    results: dict[str, dict], speed: dict[str, float], flops: dict[str, float], frames: int, cos: dict | None = None
+) -> str:
     dtypes = list(results)
     lines = [
         f"phi2-shape on this CPU ({os.cpu_count()} cores, {results[dtypes[0]]['threads']} torch threads); "
@@ -250,7 +320,7 @@ def report(results: dict[str, dict], speed: dict[str, float], flops: dict[str, f
 
     def floor(kind: str, d: str) -> float:
         r = results[d]
-        mm = speed[f"matmul_{d}"]
+        mm = speed[f"matmul_{COMPUTE[d]}"]
         if kind == "siglip":
             return flops["siglip_per_frame"] * r["siglip_frames"] / mm
         if kind == "whisper":
@@ -258,7 +328,7 @@ def report(results: dict[str, dict], speed: dict[str, float], flops: dict[str, f
         if kind == "prefill":
             return flops["prefill"] / mm
         if kind == "token":
-            return r["params_llm"] * (2 if d == "bfloat16" else 4) / speed["bandwidth"]
+            return r["params_llm"] * WEIGHT_BYTES[d] / speed["bandwidth"]
         return 0.0
 
     rows = [
@@ -293,6 +363,21 @@ def report(results: dict[str, dict], speed: dict[str, float], flops: dict[str, f
         + " | ".join(cells)
         + f" | {H100_FLOOR['e2e']} |"
     )
+    if "int8" in results and "bfloat16" in results:
+        q, b = results["int8"], results["bfloat16"]
+        lines += [
+            "",
+            "int8 against bfloat16 (measured / measured): "
+            f"end to end {q['e2e']['total_s'] / b['e2e']['total_s']:.2f}x, peak memory "
+            f"{q['peak_gib'] / b['peak_gib']:.2f}x, SigLIP {q['siglip_s'] / b['siglip_s']:.2f}x, Whisper "
+            f"{q['whisper_s'] / b['whisper_s']:.2f}x, prefill {q['prefill_s'] / b['prefill_s']:.2f}x, per token "
+            f"{q['token_s'] / b['token_s']:.2f}x",
+        ]
+    for d, c in (cos or {}).items():
+        lines.append(
+            f"{d} outputs against {c['against']}'s, lowest cosine over rows: SigLIP {c['siglip']:.4f}, "
+            f"Whisper {c['whisper']:.4f}, prefill logits {c['prefill_logits']:.4f}"
+        )
     lines.append("")
     lines.append("Share of the CPU floor reached (floor / measured; 1.0 = at the roofline):")
     for d in dtypes:
@@ -325,15 +410,25 @@ def report(results: dict[str, dict], speed: dict[str, float], flops: dict[str, f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="8 frames, no SigLIP variants")
-    parser.add_argument("--dtypes", default="bfloat16,float32")
+    parser.add_argument("--dtypes", default="bfloat16,int8,float32", help="any of bfloat16, int8, float32")
+    parser.add_argument("--no-variants", action="store_true", help="skip the SigLIP variants")
     parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--outputs", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--build-int8", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--frames", type=int, default=None)
     parser.add_argument("--variants", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--json", type=Path, help="also write the raw numbers here")
     args = parser.parse_args()
     frames = args.frames or (8 if args.quick else 100)
+    if args.build_int8:
+        from model import presets
+        from model.modeling import write_random_checkpoint
+
+        presets.resolve("phi2-shape", build=write_random_checkpoint)
+        int8_checkpoint()
+        return 0
     if args.child:
-        result = child(args.child, frames, args.variants)
+        result = child(args.child, frames, args.variants, args.outputs)
         print(json.dumps(result))
         return 0
 
@@ -343,15 +438,18 @@ def main() -> int:
     flops = work(config)
     log("measuring this machine's matmul speed and memory bandwidth")
     speed = machine_speed()
-    results = {}
+    results, outputs = {}, {}
+    kept = Path(tempfile.mkdtemp(prefix="real-size-"))
     for d in args.dtypes.split(","):
-        cmd = [sys.executable, __file__, "--child", d, "--frames", str(frames)]
-        if not args.quick:
+        outputs[d] = kept / f"{d}.pt"
+        cmd = [sys.executable, __file__, "--child", d, "--frames", str(frames), "--outputs", str(outputs[d])]
+        if not args.quick and not args.no_variants:
             cmd.append("--variants")
         log(f"fresh process: {' '.join(cmd[1:])}")
         proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
         if proc.returncode != 0:
             log(f"{d} failed (exit {proc.returncode}); skipped")
+            outputs.pop(d)
             continue
         results[d] = json.loads(proc.stdout.strip().splitlines()[-1])
         t = config.text_config
@@ -361,10 +459,12 @@ def main() -> int:
         )
     if not results:
         return 1
-    text = report(results, speed, flops, frames)
+    cos = cosines(outputs)
+    shutil.rmtree(kept, ignore_errors=True)
+    text = report(results, speed, flops, frames, cos)
     print(text)
     if args.json:
-        args.json.write_text(json.dumps({"speed": speed, "flops": flops, "results": results}, indent=1))
+        args.json.write_text(json.dumps({"speed": speed, "flops": flops, "results": results, "cosines": cos}, indent=1))
     return 0
 
 
