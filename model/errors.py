@@ -44,13 +44,16 @@ class ContextLengthError(ValueError):
     """The prompt (media tokens included) plus the tokens to generate exceed the LLM's context.
     ``at_least`` marks a count bounded from below (text refused before it was tokenized)."""
 
-    def __init__(self, needed: int, limit: int, prompt_tokens: int, max_new_tokens: int, at_least: bool = False):
+    def __init__(
+        self, needed: int, limit: int, prompt_tokens: int, max_new_tokens: int, at_least: bool = False, media: int = 0
+    ):
         self.needed, self.limit, self.over = needed, limit, needed - limit
         some = "at least " if at_least else ""
+        fewer = f"send fewer than its {media} media, " if media > 1 else ""
         super().__init__(
             f"the prompt needs {some}{prompt_tokens} tokens (media included) and max_tokens asks for "
             f"{max_new_tokens} more: {some}{needed} in all, {some}{self.over} over the model's context of {limit} "
-            "tokens; shorten the conversation or lower max_tokens"
+            f"tokens; {fewer}shorten the conversation or lower max_tokens"
         )
 
 

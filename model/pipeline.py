@@ -6,6 +6,7 @@
                                         (the frozen encoders' output: what training caches to disk)
     project       -> MediaEmbeddings    (829, H), (64, H): what the service keeps per video
     prompt        -> Prompt             token ids with the placeholders expanded, token counts
+                                        (one block of placeholders per medium: :class:`Part`)
 
 The command line, the service, training data, the feature-cache builder and both evaluators
 compose these stages and nothing else. :func:`decode_steps` is the decode sequence as a
@@ -19,7 +20,7 @@ no audio features and no ``<audio>`` placeholder (never silence).
 from __future__ import annotations
 
 from collections.abc import Generator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ from .media import (
     whole,
 )
 from .probe import probe_job
+from .processor import Block
 
 
 @dataclass
@@ -229,12 +231,42 @@ class Prompt:
     ids: list[int]
     labels: list[int]  # -100 except on the answers (training)
     counts: dict[str, int]  # audio / video / text tokens
-    audio_windows: int  # audio placeholders the prompt holds (64 tokens each)
-    video: bool
+    blocks: list[Block]  # each medium's placeholders, in the order of the media
+
+    @property
+    def audio_windows(self) -> int:
+        """Audio placeholders the prompt holds (64 tokens each), all media together."""
+        return sum(b.audio_windows for b in self.blocks)
+
+    @property
+    def video(self) -> bool:
+        return any(b.video for b in self.blocks)
 
     @property
     def audio(self) -> bool:
         return self.audio_windows > 0
+
+
+@dataclass
+class Part:
+    """One medium of a conversation (any stage's output: its ``video`` / ``audio``), the user
+    message it came in (an index into the messages; None: the first user message), and the
+    streams of it to use (None: the request's ``modalities``)."""
+
+    media: MediaEmbeddings | EncoderFeatures | MediaTensors
+    message: int | None = None
+    modalities: Sequence[str] | None = None
+
+
+Medium = MediaEmbeddings | EncoderFeatures | MediaTensors
+
+
+def parts(media: Medium | Part | Sequence[Medium | Part] | None) -> list[Part]:
+    """A prompt's media as a list of :class:`Part` (one medium is a list of one)."""
+    if media is None:
+        return []
+    items = media if isinstance(media, list | tuple) else [media]
+    return [m if isinstance(m, Part) else Part(m) for m in items]
 
 
 def audio_windows(media, config: AVChatConfig) -> int:
@@ -256,51 +288,92 @@ def used(modalities: Sequence[str] | None, config: AVChatConfig) -> set[str]:
 def prompt(
     processor,
     messages: list[dict],
-    media: MediaEmbeddings | EncoderFeatures | MediaTensors | None,
+    media: Medium | Part | Sequence[Medium | Part] | None,
     modalities: Sequence[str] | None = None,
     max_new_tokens: int = 0,
     add_generation_prompt: bool = True,
     max_audio_windows: int | None = None,
 ) -> Prompt:
-    """Token ids of a chat with placeholders for each stream the media has (any stage's
-    output: its ``video`` / ``audio``) and the request uses. The audio's windows go in, in
-    time order, as many as it has, at most ``max_audio_windows`` and as many as fit the context
-    with ``max_new_tokens`` more (the media report then says what was not heard: nothing is
-    dropped silently); raises ``ContextLengthError`` when not even one fits, and
-    ``MediaError`` when the media has none of the streams asked for."""
-    use = used(modalities, processor.config)
-    present = {"video": False, "audio": False}
-    if media is not None:
-        present = {"video": media.video is not None, "audio": media.audio is not None}
-        if not any(present[m] for m in use):
-            have = " and ".join(m for m in ("video", "audio") if present[m]) or "nothing usable"
-            raise MissingStream(f"the file has no {' or '.join(sorted(use))} stream to use (it has {have})")
-    video = present["video"] and "video" in use
-    windows = audio_windows(media, processor.config) if "audio" in use else 0
-    if max_audio_windows is not None:
-        windows = min(windows, max(1, max_audio_windows))
-    per_window = processor.config.audio_tokens + 1  # its tokens and the newline after it
+    """Token ids of a chat with one block of placeholders per medium (:func:`parts`, in
+    conversation order), for each stream the medium has and the request uses. Each medium's
+    audio windows go in, in time order, as many as it has, at most ``max_audio_windows``, and as
+    many as fit the context with ``max_new_tokens`` more: over the context, the medium with the
+    most windows gives one up first, down to one each (the media report then says what was not
+    heard: nothing is dropped silently). Raises ``ContextLengthError`` when it still does not
+    fit, and ``MediaError`` when a medium has none of the streams asked for."""
+    config = processor.config
+    items = parts(media)
+    blocks = [_block(part, modalities, config, max_audio_windows, i, len(items)) for i, part in enumerate(items)]
+    first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), 0)
+    places = [first_user if b.message is None else b.message for b in blocks]
+    if places != sorted(places):
+        raise ValueError("the media must come in the order of the messages they belong to")
+    per_window = config.audio_tokens + 1  # its tokens and the newline after it
     while True:
         try:
             ids, labels, counts = processor.encode_chat(
-                messages, windows, video, add_generation_prompt=add_generation_prompt, max_new_tokens=max_new_tokens
+                messages, blocks, add_generation_prompt=add_generation_prompt, max_new_tokens=max_new_tokens
             )
-            return Prompt(ids, labels, counts, windows, video)
+            return Prompt(ids, labels, counts, blocks)
         except ContextLengthError as exc:
-            if windows <= 1:
+            fewer = _fewer_windows(blocks, -(-exc.over // per_window))  # the fewest windows fewer that fit
+            if fewer is None:
                 raise
-            windows = max(1, windows - -(-exc.over // per_window))  # the fewest windows fewer that fit
+            blocks = fewer
 
 
-@torch.inference_mode()
-def heard(report: MediaReport, p: Prompt, config: AVChatConfig) -> MediaReport:
-    """``report`` as the prompt ``p`` lets the model hear it: only the audio windows it holds."""
-    return report.heard_in(p.audio_windows, config.audio_seconds) if p.audio else report
+def _block(part: Part, modalities, config: AVChatConfig, most: int | None, i: int, n: int) -> Block:
+    use = used(part.modalities if part.modalities is not None else modalities, config)
+    media = part.media
+    present = {"video": media.video is not None, "audio": media.audio is not None}
+    if not any(present[m] for m in use):
+        have = " and ".join(m for m in ("video", "audio") if present[m]) or "nothing usable"
+        which = f"medium {i + 1} of {n}" if n > 1 else "the file"
+        raise MissingStream(f"{which} has no {' or '.join(sorted(use))} stream to use (it has {have})")
+    windows = audio_windows(media, config) if "audio" in use else 0
+    if most is not None:
+        windows = min(windows, max(1, most))
+    return Block(windows, present["video"] and "video" in use, part.message)
 
 
-def prompt_embeds(model, p: Prompt, media: MediaEmbeddings | None) -> torch.Tensor:
-    """The prompt embedding matrix ``(T, H)``: what both engines generate from."""
-    video = media.video[None] if p.video else None
-    audio = media.audio[None, : p.audio_windows * model.config.audio_tokens] if p.audio else None  # its first windows
+def _fewer_windows(blocks: list[Block], n: int) -> list[Block] | None:
+    """``blocks`` with ``n`` audio windows fewer, taken one at a time from the block that has
+    the most (the later one on a tie), none below one; None when not one can go."""
+    windows = [b.audio_windows for b in blocks]
+    dropped = 0
+    while dropped < n:
+        most = max(range(len(windows)), key=lambda i: (windows[i], i), default=None)
+        if most is None or windows[most] <= 1:
+            break
+        windows[most] -= 1
+        dropped += 1
+    if dropped == 0:
+        return None
+    return [replace(b, audio_windows=w) for b, w in zip(blocks, windows)]
+
+
+def heard(report: MediaReport, p: Prompt, config: AVChatConfig, index: int = 0) -> MediaReport:
+    """``report``, of the prompt's ``index``-th medium, as the prompt lets the model see and hear
+    it: only the audio windows its block holds, no frames when its video was left out and no
+    audio when its sound was."""
+    block = p.blocks[index]
+    if block.audio_windows:
+        report = report.heard_in(block.audio_windows, config.audio_seconds)
+    else:
+        report = replace(report, audio_s=0.0, audio_truncated_s=0.0)
+    return report if block.video else replace(report, frames=0)
+
+
+def prompt_embeds(model, p: Prompt, media: Medium | Part | Sequence[Medium | Part] | None) -> torch.Tensor:
+    """The prompt embedding matrix ``(T, H)``: what both engines generate from. Each medium's
+    embeddings fill its own block (the first windows of its audio, as many as the block holds)."""
+    items = parts(media)
+    if len(items) != len(p.blocks):
+        raise ValueError(f"the prompt has {len(p.blocks)} media blocks, and {len(items)} media came")
+    per_window = model.config.audio_tokens
+    videos = [part.media.video for part, b in zip(items, p.blocks) if b.video]
+    audios = [part.media.audio[: b.audio_windows * per_window] for part, b in zip(items, p.blocks) if b.audio_windows]
     ids = torch.tensor([p.ids], device=model.device)
+    video = torch.cat([v.to(model.device) for v in videos]) if videos else None
+    audio = torch.cat([a.to(model.device) for a in audios]) if audios else None
     return model.merge_media(ids, video, audio)[0]

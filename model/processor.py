@@ -8,12 +8,18 @@
 Template (Bunny ``conv_bunny``)::
 
     {system} USER: <audio>\\n<video>\\n{question} ASSISTANT: {answer}<|endoftext|>USER: {q2} ASSISTANT:
+
+Each medium of a conversation is one :class:`Block` (its audio windows, then its video), at the
+start of the user message it came in, in order: one medium in the first message is the layout
+the model was trained on; several are each their own block (``<audio>..<video>\\n<audio>..``).
 """
 
 from __future__ import annotations
 
 import math
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,10 +29,24 @@ from transformers import WhisperFeatureExtractor
 from .config import AVChatConfig
 from .errors import ContextLengthError, TooManyMessages
 
-__all__ = ["AVChatProcessor", "ContextLengthError", "IGNORE_INDEX", "add_media_tokens"]
+__all__ = ["AVChatProcessor", "Block", "ContextLengthError", "IGNORE_INDEX", "add_media_tokens"]
 
 IGNORE_INDEX = -100
 EOS = "<|endoftext|>"
+
+
+@dataclass(frozen=True)
+class Block:
+    """One medium's placeholders in a prompt: ``audio_windows`` times ``<audio>`` (64 tokens each)
+    and a newline, then ``<video>`` (its video tokens) and a newline when ``video``; in the
+    user message ``message`` (an index into the messages; None: the first user message)."""
+
+    audio_windows: int = 0
+    video: bool = False
+    message: int | None = None
+
+    def tokens(self, config: AVChatConfig) -> int:
+        return self.audio_windows * config.audio_tokens + self.video * config.video_tokens
 
 
 def add_media_tokens(tokenizer) -> None:
@@ -107,7 +127,7 @@ class AVChatProcessor:
             text = text.replace(token + "\n", "").replace(token, "")
         return text.strip()
 
-    def check_text_fits(self, messages: list, max_new_tokens: int = 0, media_tokens: int = 0) -> None:
+    def check_text_fits(self, messages: list, max_new_tokens: int = 0, media_tokens: int = 0, media: int = 0) -> None:
         """Refuses, in time linear in the text and before any tokenizing, a conversation that
         cannot fit the context: more messages than the context has positions, or more text than
         the free positions could hold at the longest token's length."""
@@ -118,13 +138,13 @@ class AVChatProcessor:
         at_least = math.ceil(chars / self.max_token_chars)
         if at_least + media_tokens + max_new_tokens > limit:
             prompt = at_least + media_tokens
-            raise ContextLengthError(prompt + max_new_tokens, limit, prompt, max_new_tokens, at_least=True)
+            raise ContextLengthError(prompt + max_new_tokens, limit, prompt, max_new_tokens, True, media)
 
     def segments(
-        self, messages: list[dict], audio_windows: int, has_video: bool, add_generation_prompt: bool = True
+        self, messages: list[dict], blocks: Sequence[Block], add_generation_prompt: bool = True
     ) -> list[tuple[str, bool]]:
         """The prompt as (text, learned) pieces: answers and their EOS are learned, the rest not.
-        ``audio_windows`` audio placeholders (0: none; ``True`` is one), a newline after each."""
+        Each block's placeholders open the user message it belongs to, in order."""
         system = self.config.system_prompt
         turns = []
         for i, m in enumerate(messages):
@@ -138,26 +158,30 @@ class AVChatProcessor:
             if role == "system":
                 system = content or system
             elif role in ("user", "assistant"):
-                turns.append((role, content))
+                turns.append((i, role, content))
             else:
                 raise ValueError(f"unknown message role {role!r}; use system, user or assistant")
-        if not turns or turns[0][0] != "user":
+        if not turns or turns[0][1] != "user":
             raise ValueError("the conversation must start with a user message")
-        for (a, _), (b, _) in zip(turns, turns[1:]):
+        for (_, a, _), (_, b, _) in zip(turns, turns[1:]):
             if a == b:
                 raise ValueError("user and assistant messages must alternate")
-        if add_generation_prompt and turns[-1][0] != "user":
+        if add_generation_prompt and turns[-1][1] != "user":
             raise ValueError("the last message must come from the user")
 
-        media = ""
-        media += (self.config.audio_token + "\n") * int(audio_windows)
-        if has_video:
-            media += self.config.video_token + "\n"
+        media: dict[int, str] = {}
+        users = {i for i, role, _ in turns if role == "user"}
+        for block in blocks:
+            at = turns[0][0] if block.message is None else block.message
+            if at not in users:
+                raise ValueError(f"message {at} is not a user message: media go in user messages")
+            text = (self.config.audio_token + "\n") * int(block.audio_windows)
+            media[at] = media.get(at, "") + text + (self.config.video_token + "\n" if block.video else "")
         pieces: list[tuple[str, bool]] = []
         prefix = system + " "
-        for i, (role, text) in enumerate(turns):
+        for i, role, text in turns:
             if role == "user":
-                pieces.append((prefix + "USER: " + (media if i == 0 else "") + text + " ASSISTANT:", False))
+                pieces.append((prefix + "USER: " + media.get(i, "") + text + " ASSISTANT:", False))
             else:
                 pieces.append((" " + text + EOS, True))
             prefix = ""
@@ -177,19 +201,18 @@ class AVChatProcessor:
     def encode_chat(
         self,
         messages: list[dict],
-        audio_windows: int,
-        has_video: bool,
+        blocks: Sequence[Block],
         add_generation_prompt: bool = True,
         max_new_tokens: int = 0,
     ) -> tuple[list[int], list[int], dict[str, int]]:
-        """Token ids, labels and token counts of a chat; raises ``ContextLengthError`` when the
-        prompt plus ``max_new_tokens`` cannot fit the context."""
-        media = int(audio_windows) * self.config.audio_tokens + has_video * self.config.video_tokens
-        self.check_text_fits(messages, max_new_tokens, media)
-        ids, labels = self.tokenize(self.segments(messages, audio_windows, has_video, add_generation_prompt))
+        """Token ids, labels and token counts of a chat with the media ``blocks``; raises
+        ``ContextLengthError`` when the prompt plus ``max_new_tokens`` cannot fit the context."""
+        media = sum(b.tokens(self.config) for b in blocks)
+        self.check_text_fits(messages, max_new_tokens, media, len(blocks))
+        ids, labels = self.tokenize(self.segments(messages, blocks, add_generation_prompt))
         limit = self.config.context_length
         if len(ids) + max_new_tokens > limit:
-            raise ContextLengthError(len(ids) + max_new_tokens, limit, len(ids), max_new_tokens)
+            raise ContextLengthError(len(ids) + max_new_tokens, limit, len(ids), max_new_tokens, media=len(blocks))
         n_audio = ids.count(self.audio_token_id)
         n_video = ids.count(self.video_token_id)
         return ids, labels, {"audio": n_audio, "video": n_video, "text": len(ids) - n_audio - n_video}

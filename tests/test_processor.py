@@ -8,7 +8,7 @@ from model import AVChatProcessor, ContextLengthError, pipeline
 from model.errors import TooManyMessages
 from model.pipeline import MediaTensors, decode, preprocess, prompt
 from model.presets import phi2_config, tiny_config
-from model.processor import IGNORE_INDEX
+from model.processor import IGNORE_INDEX, Block
 
 
 def _chat(proc, messages, frames=None, audio=None, modalities=None, max_new_tokens=0, add_generation_prompt=True):
@@ -81,8 +81,7 @@ def test_prompt_follows_the_bunny_template(tiny):
     proc = tiny.processor
     pieces = proc.segments(
         [{"role": "user", "content": "Q1"}, {"role": "assistant", "content": "A1"}, {"role": "user", "content": "Q2"}],
-        audio_windows=True,
-        has_video=True,
+        [Block(1, True)],
     )
     text = "".join(t for t, _ in pieces)
     assert text == (
@@ -197,7 +196,7 @@ def test_text_that_cannot_fit_is_refused_before_it_is_tokenized(tiny):
         tiny.processor.check_text_fits([{"role": "user", "content": "a"}] * 3000)
     fits = [{"role": "user", "content": "word " * 300}]
     tiny.processor.check_text_fits(fits)  # never refuses what the tokenizer would fit
-    assert len(tiny.processor.encode_chat(fits, False, False)[0]) <= 2048
+    assert len(tiny.processor.encode_chat(fits, [])[0]) <= 2048
 
 
 def test_a_lone_surrogate_or_a_number_for_text_is_a_value_error(tiny):
@@ -251,7 +250,7 @@ def test_the_windows_that_do_not_fit_are_left_out_and_said_so(tiny):
     messages = [{"role": "user", "content": "What do you hear?"}]
     p = prompt(proc, messages, media, max_new_tokens=256)
     assert 1 <= p.audio_windows < 20 and len(p.ids) + 256 <= 2048
-    one_more = proc.encode_chat(messages, p.audio_windows + 1, True)[0]
+    one_more = proc.encode_chat(messages, [Block(p.audio_windows + 1, True)])[0]
     assert len(one_more) + 256 > 2048  # the most that fit
     assert prompt(proc, messages, media, max_new_tokens=256, max_audio_windows=3).audio_windows == 3
     report = pipeline.MediaReport(600.0, 100, 600.0, 0.0).heard_in(p.audio_windows, 30.0)
@@ -265,3 +264,73 @@ def test_a_one_window_checkpoint_hears_one_window_as_before(tiny):
     assert media.audio.shape == (1, 80, 3000)
     p = prompt(tiny.processor, [{"role": "user", "content": "?"}], media)
     assert p.audio_windows == 1 and p.counts["audio"] == 64
+
+
+def _embeddings(tiny, video: bool, windows: int, fill: float) -> pipeline.MediaEmbeddings:
+    """Projected media whose every row is distinct and says which medium it came from."""
+    h = tiny.config.hidden_size
+    rows = lambda n: fill + torch.arange(n * h, dtype=torch.float32).reshape(n, h) / (n * h)  # noqa: E731
+    return pipeline.MediaEmbeddings(
+        rows(tiny.config.video_tokens) if video else None, rows(windows * 64) + 0.5 if windows else None
+    )
+
+
+def test_each_medium_gets_its_own_block_in_order_and_its_own_embeddings(tiny):
+    proc, cfg = tiny.processor, tiny.config
+    first, second, sound = (
+        _embeddings(tiny, True, 1, 1.0),
+        _embeddings(tiny, True, 0, 2.0),
+        _embeddings(tiny, False, 2, 3.0),
+    )
+    messages = [
+        {"role": "user", "content": "Compare the two videos."},
+        {"role": "assistant", "content": "They differ."},
+        {"role": "user", "content": "And this sound?"},
+    ]
+    parts = [pipeline.Part(first, 0), pipeline.Part(second, 0), pipeline.Part(sound, 2, ["audio"])]
+    p = prompt(proc, messages, parts)
+    assert p.blocks == [Block(1, True, 0), Block(0, True, 0), Block(2, False, 2)]
+    text = proc.tokenizer.decode(p.ids)
+    a, v = cfg.audio_token, cfg.video_token
+    one = f"USER: {a * 64}\n{v * cfg.video_tokens}\n{v * cfg.video_tokens}\nCompare the two videos. ASSISTANT:"
+    assert one in text and f"USER: {a * 64}\n{a * 64}\nAnd this sound? ASSISTANT:" in text
+    assert p.counts == {"audio": 3 * 64, "video": 2 * cfg.video_tokens, "text": p.counts["text"]}
+    embeds = pipeline.prompt_embeds(tiny, p, parts)
+    ids = torch.tensor(p.ids)
+    videos = (ids == proc.video_token_id).nonzero().flatten()
+    audios = (ids == proc.audio_token_id).nonzero().flatten()
+    n = cfg.video_tokens
+    assert torch.equal(embeds[videos[:n]], first.video) and torch.equal(embeds[videos[n:]], second.video)
+    assert torch.equal(embeds[audios[:64]], first.audio) and torch.equal(embeds[audios[64:]], sound.audio)
+    assert (audios[:64] < videos[0]).all() and (videos[-1] < audios[64]).all()  # the first's sound, then its video
+    text_rows = ~((ids == proc.video_token_id) | (ids == proc.audio_token_id))
+    assert torch.equal(embeds[text_rows], tiny.llm.get_input_embeddings()(ids[text_rows]))
+    # one medium is the layout the model was trained on: its block opens the first user message
+    alone = prompt(proc, messages[:1], first)
+    assert alone.ids == prompt(proc, messages[:1], [pipeline.Part(first, 0)]).ids
+    assert proc.tokenizer.decode(alone.ids).endswith(f"USER: {a * 64}\n{v * n}\nCompare the two videos. ASSISTANT:")
+    with pytest.raises(ValueError, match="media go in user messages"):
+        prompt(proc, messages, [pipeline.Part(first, 1)])
+    with pytest.raises(ValueError, match="in the order of the messages"):
+        prompt(proc, messages, [pipeline.Part(sound, 2), pipeline.Part(first, 0)])
+
+
+def test_several_media_share_the_context_and_over_it_say_by_how_much(tiny):
+    proc = _windowed(tiny, 20)
+    messages = [{"role": "user", "content": "What do you hear?"}]
+    long, short = MediaTensors(None, torch.zeros(20, 80, 3000)), MediaTensors(None, torch.zeros(3, 80, 3000))
+    p = prompt(proc, messages, [long, short, long], max_new_tokens=256)
+    windows = [b.audio_windows for b in p.blocks]
+    assert len(p.ids) + 256 <= 2048 and sum(windows) == p.audio_windows
+    assert windows[1] == 3 and abs(windows[0] - windows[2]) <= 1  # the longest give windows up first, evenly
+    more = [Block(w + (i == 0), False) for i, w in enumerate(windows)]
+    assert len(proc.encode_chat(messages, more)[0]) + 256 > 2048  # the most that fit
+    reports = [pipeline.MediaReport(600.0, 0, 600.0, 0.0), pipeline.MediaReport(90.0, 0, 90.0, 0.0)]
+    heard = [pipeline.heard(r, p, proc.config, i) for i, r in enumerate([reports[0], reports[1], reports[0]])]
+    assert [r.audio_s for r in heard] == [30.0 * w for w in windows]
+    assert heard[0].audio_truncated_s == 600.0 - heard[0].audio_s and heard[1].audio_truncated_s == 0
+    three = [MediaTensors(torch.zeros(2, 3, 384, 384), None)] * 3  # 3 x 829 video tokens: never cut
+    with pytest.raises(ContextLengthError, match=r"\d+ over the model's context of 2048 tokens; send fewer than its 3"):
+        prompt(proc, messages, three)
+    with pytest.raises(pipeline.MissingStream, match="medium 2 of 2 has no video stream"):
+        prompt(proc, messages, [three[0], short], ["video"])
