@@ -36,6 +36,8 @@ from .resources import (
     frame_parts,
     image_url_part,
     input_audio_part,
+    reused_parts,
+    user_message,
     video_url_part,
 )
 
@@ -72,5 +74,7 @@ __all__ = [
     "frame_parts",
     "image_url_part",
     "input_audio_part",
+    "reused_parts",
+    "user_message",
     "video_url_part",
 ]

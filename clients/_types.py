@@ -38,11 +38,20 @@ class Choice(_Model):
     finish_reason: str | None = None  # "stop" or "length" here; other OpenAI-compatible servers say more
 
 
+class MediaPart(_Model):
+    duration_s: float
+    frames: int
+    audio_s: float
+    audio_truncated_s: float
+    video_id: str
+
+
 class MediaInfo(_Model):
     duration_s: float
     frames: int
     audio_s: float
     audio_truncated_s: float
+    parts: list[MediaPart] = []
 
 
 class ChatCompletion(_Model):

@@ -76,13 +76,15 @@ def parse_form(fields: dict[str, str], file_field: str | None) -> ChatRequest:
         mods = _form_json(mods, "input_modalities")
     sampling = validate(SamplingFields, {k: data[k] for k in SamplingFields.model_fields if k in data})
     media = _form_media(data, file_field)
-    if media is not None and media.kind != "upload" and (sampling.start is not None or sampling.end is not None):
+    window = Window.of(sampling.start, sampling.end)
+    if window is not None and media is not None and media.kind != "upload":
         raise BadParameter("start and end apply when the video itself is sent", param="start")
+    if media is not None:
+        media.window = window
     return ChatRequest(
         messages=messages,
-        media=media,
+        media=[] if media is None else [media],
         input_modalities=None if mods is None else modalities.check(mods, "input_modalities"),
-        window=Window.of(sampling.start, sampling.end),
         stream=stream,
         include_usage=include_usage,
         max_tokens=sampling.max_tokens,

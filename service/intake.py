@@ -31,20 +31,35 @@ OFF_LOOP_BYTES = 64 * 1024  # bodies above this are parsed in a worker thread
 
 
 @dataclass
+class Saved:
+    """The files one medium of a request brought with it: its file (an upload, a ``data:`` URL,
+    ``input_audio``'s base64), or its image_url frames sent as ``data:`` URLs (None for a frame
+    to fetch or read when the request runs)."""
+
+    file: TempVideo | None = None
+    frames: list[TempVideo | None] = field(default_factory=list)
+
+    def remove(self) -> None:
+        for f in [self.file, *self.frames]:
+            if f is not None:
+                f.remove()
+        self.file, self.frames = None, []
+
+
+@dataclass
 class Intake:
-    """A chat request as the service takes it: the request, and the media file it brought."""
+    """A chat request as the service takes it: the request, and the files its media brought
+    (``saved[i]`` belongs to ``chat.media[i]``)."""
 
     chat: ChatRequest
-    video: TempVideo | None = None
-    frames: list[TempVideo | None] = field(default_factory=list)  # image_url frames sent as data: URLs
+    saved: list[Saved] = field(default_factory=list)
 
     def discard(self) -> None:
-        if self.video is not None:
-            self.video.remove()
-        for frame in self.frames:
-            if frame is not None:
-                frame.remove()
-        self.frames = []
+        for medium in self.saved:
+            medium.remove()
+
+    def files(self, i: int) -> Saved:
+        return self.saved[i] if i < len(self.saved) else Saved()
 
 
 async def _off_loop(size: int, fn, *args):
@@ -91,7 +106,7 @@ async def read_video_chat(request, settings, admission: Admission, processor) ->
             if form.file is not None:
                 form.file.remove()
             raise
-        return Intake(chat, form.file)
+        return Intake(chat, [Saved(form.file) for _ in chat.media])
     finally:
         account.close()
 
@@ -118,36 +133,39 @@ async def read_chat_completion(request, settings, admission: Admission, processo
 
 async def with_media(chat: ChatRequest, settings, keep_place=lambda: None) -> Intake:
     """The request and the files its inline media become (a ``data:`` URL, ``input_audio``'s
-    base64, ``data:`` frames); ``keep_place`` hands over the body's upload place, which the first
-    file holds until it is removed. URLs to fetch or read stay URLs, for when the request runs."""
+    base64, ``data:`` frames), medium by medium; ``keep_place`` hands over the body's upload
+    place, which the first file holds until it is removed. URLs to fetch or read stay URLs, for
+    when the request runs."""
     s = settings
-    video, frames = None, []
-    media = chat.media
+    intake = Intake(chat)
     try:
-        if media is not None and media.kind == "url" and media.value.startswith("data:"):
-            video = await asyncio.to_thread(
-                save_data_url, media.value, s.temp_dir, s.max_upload_bytes, media.param, keep_place()
-            )
-            media.kind, media.value = "file", None  # the URL's bytes are the file now
-        elif media is not None and media.kind == "base64":
-            video = await asyncio.to_thread(
-                save_base64, media.value, s.temp_dir, s.max_upload_bytes, media.param, keep_place()
-            )
-            media.kind, media.value = "file", None
-        elif media is not None and media.kind == "frames":
-            for i, url in enumerate(media.frames):
-                if url.startswith("data:"):  # the first holds the body's place (keep_place hands it over once)
-                    frames.append(
-                        await asyncio.to_thread(
-                            save_data_url, url, s.temp_dir, s.max_upload_bytes, f"frame {i + 1}", keep_place()
+        for media in chat.media:
+            saved = Saved()
+            intake.saved.append(saved)
+            if media.kind == "url" and media.value.startswith("data:"):
+                saved.file = await asyncio.to_thread(
+                    save_data_url, media.value, s.temp_dir, s.max_upload_bytes, media.param, keep_place()
+                )
+                media.kind, media.value = "file", None  # the URL's bytes are the file now
+            elif media.kind == "base64":
+                saved.file = await asyncio.to_thread(
+                    save_base64, media.value, s.temp_dir, s.max_upload_bytes, media.param, keep_place()
+                )
+                media.kind, media.value = "file", None
+            elif media.kind == "frames":
+                for i, url in enumerate(media.frames):
+                    if url.startswith("data:"):  # the first holds the body's place (keep_place hands it over once)
+                        saved.frames.append(
+                            await asyncio.to_thread(
+                                save_data_url, url, s.temp_dir, s.max_upload_bytes, f"frame {i + 1}", keep_place()
+                            )
                         )
-                    )
-                else:
-                    frames.append(None)  # fetched or read in place when the request runs
+                    else:
+                        saved.frames.append(None)  # fetched or read in place when the request runs
     except BaseException:
-        Intake(chat, video, frames).discard()
+        intake.discard()
         raise
-    return Intake(chat, video, frames)
+    return intake
 
 
 def require_json(request) -> None:

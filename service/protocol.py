@@ -19,7 +19,8 @@ from model.media import MAX_SECONDS, Window
 from .engine import SamplingParams
 from .errors import BadParameter, InvalidFields
 
-MAX_FRAMES = 100  # image_url frames per conversation: the frames the model samples from a file
+MAX_FRAMES = 100  # image_url frames of one video: the frames the model samples from a file
+MAX_MEDIA = 8  # media per conversation (a video's frames count as one); the context bounds it too
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit
 MAX_STOP_CHARS = 256
@@ -34,22 +35,24 @@ Name = Annotated[str | None, Field(None, max_length=MAX_NAME_CHARS)]
 
 @dataclass
 class MediaRef:
-    """What a request's media is: an uploaded file, a URL (data:, http(s), file://), or an
-    earlier upload by ``video_id`` or ``uuid``."""
+    """One medium of a request: an uploaded file, a URL (data:, http(s), file://), base64
+    (``input_audio``), image_url frames, or an earlier upload by ``video_id`` or ``uuid``."""
 
     kind: Literal["upload", "url", "base64", "frames", "file", "video_id", "uuid"]
     param: str  # the field it came in, for messages
     value: str | None = None  # the URL, base64 data (input_audio), video_id or uuid
     alias: str | None = None  # a uuid to register for this media
     frames: list[str] | None = None  # kind "frames": each frame's URL, in order
+    message: int | None = None  # the user message it came in (None: the first)
+    window: Window | None = None  # the span of the file to analyse
+    modalities: list[str] | None = None  # its streams to use (None: the request's input_modalities)
 
 
 @dataclass
 class ChatRequest:
     messages: list[dict]
-    media: MediaRef | None
+    media: list[MediaRef]  # in conversation order; each gets its own block of tokens
     input_modalities: list[str] | None
-    window: Window | None
     stream: bool
     include_usage: bool
     max_tokens: int | None
@@ -250,9 +253,11 @@ class StreamOptions(BaseModel):
 
 
 class ChatCompletionRequest(BaseModel):
-    """OpenAI Chat Completions; the video arrives as a ``video_url`` (or ``image_url``) content
-    part: a data: URL, an http(s) URL from an allowed origin, a file:// URL under the allowed
-    local folder, or a ``uuid`` named earlier."""
+    """OpenAI Chat Completions; media arrive as content parts of user messages: ``video_url`` and
+    ``image_url`` (a data: URL, an http(s) URL from an allowed origin, a file:// URL under the
+    allowed local folder, or a ``uuid`` named earlier), consecutive ``image_url`` parts as one
+    video's frames, ``input_audio`` and ``audio_url`` (heard only). Up to ``MAX_MEDIA`` media,
+    each its own block of tokens, in order."""
 
     model_config = ConfigDict(extra="ignore")
     messages: list[RequestMessage] = Field(min_length=1)
@@ -288,45 +293,35 @@ class ChatCompletionRequest(BaseModel):
 
     def to_chat_request(self) -> ChatRequest:
         messages = [_plain(m.role, m.content) for m in self.messages]
-        parts = [
-            p for m in self.messages if isinstance(m.content, list) for p in m.content if not isinstance(p, TextPart)
-        ]
-        media, window = None, Window.of(self.start, self.end)
         chosen = None if self.input_modalities is None else modalities.check(self.input_modalities, "input_modalities")
-        if len(parts) > 1 and all(isinstance(p, ImageURLPart) for p in parts):
-            media, window = _frames(parts, window)
-        elif len(parts) > 1:
+        media = [ref for i, m in enumerate(self.messages) for ref in _media_of(i, m, chosen)]
+        if len(media) > MAX_MEDIA:
             raise BadParameter(
-                "send one video_url, audio part (input_audio or audio_url) or image_url per conversation, or "
-                "several image_url parts as the frames of one video",
+                f"{len(media)} media in one conversation; at most {MAX_MEDIA} are taken (a video's image_url "
+                "frames count as one)",
                 param="messages",
+                code="too_many_media",
             )
-        elif parts and isinstance(parts[0], InputAudioPart | AudioURLPart):
-            media, chosen = _audio(parts[0], chosen)
-            ref = parts[0].audio_url if isinstance(parts[0], AudioURLPart) else None
-            window = (Window.of(ref.start, ref.end) if ref is not None else None) or window
-        elif parts:
-            part = parts[0]
-            kind = "video_url" if isinstance(part, VideoURLPart) else "image_url"
-            ref = part.video_url if kind == "video_url" else part.image_url
-            if ref is not None and ref.url:
-                media = MediaRef("url", kind, ref.url, alias=part.uuid)
-                window = Window.of(ref.start, ref.end) or window
-            elif part.uuid:
-                media = MediaRef("uuid", "uuid", part.uuid)
-            else:
-                raise BadParameter(f"a {kind} part needs a url or a uuid", param=kind)
+        window = Window.of(self.start, self.end)
         if self.video_id:
-            if media is not None:
+            if media:
                 raise BadParameter("send either a video_url or a video_id, not both", param="video_id")
-            media = MediaRef("video_id", "video_id", self.video_id)
-        if window is not None and media is not None and media.kind in ("video_id", "uuid"):
-            raise BadParameter("start and end apply when the video itself is sent", param="start")
+            media = [MediaRef("video_id", "video_id", self.video_id)]
+        if window is not None:
+            if len(media) > 1:
+                raise BadParameter(
+                    "with several media, give start and end in each video_url or audio_url part", param="start"
+                )
+            if media and media[0].kind in ("video_id", "uuid"):
+                raise BadParameter("start and end apply when the video itself is sent", param="start")
+            if media and media[0].kind == "frames":
+                raise BadParameter("start and end apply to a video file, not to frames", param="start")
+            if media and media[0].window is None:
+                media[0].window = window
         return ChatRequest(
             messages=messages,
             media=media,
             input_modalities=chosen,
-            window=window,
             stream=self.stream,
             include_usage=bool(self.stream_options and self.stream_options.include_usage),
             max_tokens=self.max_completion_tokens or self.max_tokens,
@@ -339,8 +334,46 @@ class ChatCompletionRequest(BaseModel):
         )
 
 
-def _frames(parts: list[ImageURLPart], window: Window | None) -> tuple[MediaRef, None]:
-    """Several image_url parts: the sampled frames of one video, in order."""
+def _media_of(i: int, message: RequestMessage, chosen: list[str] | None) -> list[MediaRef]:
+    """The media of message ``i``, in order: each part one medium, except that a run of two or
+    more ``image_url`` parts with URLs (nothing between them) is one video's frames."""
+    if not isinstance(message.content, list):
+        return []
+    out: list[MediaRef] = []
+    run: list[ImageURLPart] = []
+    for part in [*message.content, None]:
+        if isinstance(part, ImageURLPart) and part.image_url is not None and part.image_url.url:
+            run.append(part)
+            continue
+        if run:
+            out.append(_frames(run, i) if len(run) > 1 else _one(run[0], i, chosen))
+            run = []
+        if part is not None and not isinstance(part, TextPart):
+            out.append(_one(part, i, chosen))
+    if out and message.role != "user":
+        raise BadParameter(
+            f"messages.{i}: media go in user messages, not in a {message.role} message", param=f"messages.{i}"
+        )
+    return out
+
+
+def _one(part: MediaPart, i: int, chosen: list[str] | None) -> MediaRef:
+    """One medium part: a video or image by URL or uuid, or an audio part."""
+    if isinstance(part, InputAudioPart | AudioURLPart):
+        return _audio(part, i, chosen)
+    kind = "video_url" if isinstance(part, VideoURLPart) else "image_url"
+    ref = part.video_url if kind == "video_url" else part.image_url
+    if ref is not None and ref.url:
+        return MediaRef("url", kind, ref.url, alias=part.uuid, message=i, window=Window.of(ref.start, ref.end))
+    if part.uuid:
+        if ref is not None and (ref.start is not None or ref.end is not None):
+            raise BadParameter("start and end apply when the video itself is sent", param=kind)
+        return MediaRef("uuid", "uuid", part.uuid, message=i)
+    raise BadParameter(f"a {kind} part needs a url or a uuid", param=kind)
+
+
+def _frames(parts: list[ImageURLPart], i: int) -> MediaRef:
+    """Consecutive image_url parts: the sampled frames of one video, in order."""
     if len(parts) > MAX_FRAMES:
         raise BadParameter(
             f"{len(parts)} image_url frames; a video takes at most {MAX_FRAMES} (the frames the model samples "
@@ -348,30 +381,25 @@ def _frames(parts: list[ImageURLPart], window: Window | None) -> tuple[MediaRef,
             param="messages",
             code="too_many_frames",
         )
-    urls = []
-    for i, part in enumerate(parts):
-        if part.image_url is None or not part.image_url.url:
-            raise BadParameter(f"frame {i + 1} of the image_url frames needs a url", param="image_url")
+    for part in parts:
         if part.image_url.start is not None or part.image_url.end is not None:
             raise BadParameter("start and end apply to a video file, not to frames", param="image_url")
-        urls.append(part.image_url.url)
-    if window is not None:
-        raise BadParameter("start and end apply to a video file, not to frames", param="start")
-    return MediaRef("frames", "image_url", frames=urls), None
+    return MediaRef("frames", "image_url", frames=[p.image_url.url for p in parts], message=i)
 
 
-def _audio(part: InputAudioPart | AudioURLPart, chosen: list[str] | None) -> tuple[MediaRef, list[str]]:
-    """An audio part: heard only (``input_modalities`` may say audio, nothing else)."""
-    if chosen is not None and chosen != ["audio"]:
+def _audio(part: InputAudioPart | AudioURLPart, i: int, chosen: list[str] | None) -> MediaRef:
+    """An audio part: heard only (``input_modalities``, if given, must include audio)."""
+    if chosen is not None and "audio" not in chosen:
         raise BadParameter(
-            'an audio part is heard, not seen: input_modalities must be ["audio"] (or left out)',
+            'an audio part is heard, not seen: input_modalities must include "audio" (or be left out)',
             param="input_modalities",
         )
     if isinstance(part, InputAudioPart):
-        return MediaRef("base64", "input_audio", part.input_audio.data), ["audio"]
+        return MediaRef("base64", "input_audio", part.input_audio.data, message=i, modalities=["audio"])
     if not part.audio_url.url:
         raise BadParameter("an audio_url part needs a url", param="audio_url")
-    return MediaRef("url", "audio_url", part.audio_url.url), ["audio"]
+    window = Window.of(part.audio_url.start, part.audio_url.end)
+    return MediaRef("url", "audio_url", part.audio_url.url, message=i, window=window, modalities=["audio"])
 
 
 def parse_completion_request(body: Any) -> ChatRequest:

@@ -32,16 +32,27 @@ class Usage(_Response):
     prompt_tokens_details: PromptTokensDetails | None = None
 
 
-class MediaInfo(_Response):
-    """What the model saw and heard of the video (an avchat extra)."""
-
+class _Seen(_Response):
     duration_s: float = Field(description="seconds of the file analysed (the start/end window)")
-    frames: int = Field(description="frames sampled")
+    frames: int = Field(description="frames sampled (or image_url frames sent)")
     audio_s: float = Field(description="seconds of audio the model heard")
     audio_truncated_s: float = Field(
         description="seconds of the window's audio it did not hear: the audio branch takes up to the "
         "checkpoint's max_audio_windows 30 s Whisper windows from `start`, as many as fit the context"
     )
+
+
+class MediaPart(_Seen):
+    """What the model saw and heard of one medium of the conversation."""
+
+    video_id: str = Field(description="this medium's id: send it as a part's uuid to ask about it again")
+
+
+class MediaInfo(_Seen):
+    """What the model saw and heard of the media (an avchat extra): all of them together, and
+    each in ``parts``, in the order they came."""
+
+    parts: list[MediaPart] = Field(default_factory=list, description="one entry per medium, in order")
 
 
 class ChatMessage(_Response):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 import uuid
@@ -19,12 +20,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from model import pipeline
+from model.errors import ContextLengthError
 
 from .admission import Admission, Ticket
 from .engine import SamplingParams
 from .errors import BadParameter, RequestTimedOut, ShuttingDown, UnknownVideo, describe
 from .fetch import fetch_url, local_file
-from .intake import Intake
+from .intake import Intake, Saved
 from .media_worker import CachedMedia, MediaWorker
 from .metrics import METRICS
 from .protocol import ChatRequest
@@ -37,6 +39,7 @@ from .responses import (
     ChunkChoice,
     ErrorResponse,
     MediaInfo,
+    MediaPart,
     PromptTokensDetails,
     Usage,
 )
@@ -54,10 +57,10 @@ class Prepared:
 
     embeds: object  # torch.Tensor (T, H)
     prompt: pipeline.Prompt
-    media: CachedMedia | None
+    media: list[CachedMedia]  # each medium's features, in order
     params: SamplingParams
-    alias: str | None  # a uuid to register once the answer is complete
-    report: pipeline.MediaReport | None = None  # what the prompt let the model see and hear
+    aliases: list[tuple[str, str]]  # (uuid, video_id) to register once the answer is complete
+    reports: list[pipeline.MediaReport]  # what the prompt let the model see and hear of each medium
 
     def usage(self, completion_tokens: int) -> Usage:
         counts = self.prompt.counts
@@ -73,19 +76,18 @@ class Prepared:
 
     @property
     def video_id(self) -> str | None:
-        return self.media.video_id if self.media else None
+        """The first medium's (each medium's is in ``media.parts``)."""
+        return self.media[0].video_id if self.media else None
 
     @property
     def media_info(self) -> MediaInfo | None:
-        """What the model saw and heard: the streams this request left out count as none."""
-        if self.report is None:
+        """What the model saw and heard: all media together, and each in ``parts``."""
+        if not self.reports:
             return None
-        report = self.report.as_dict()
-        if not self.prompt.audio:
-            report.update(audio_s=0.0, audio_truncated_s=0.0)
-        if not self.prompt.video:
-            report.update(frames=0)
-        return MediaInfo(**report)
+        parts = [MediaPart(video_id=m.video_id, **r.as_dict()) for m, r in zip(self.media, self.reports)]
+        total = {k: sum(getattr(p, k) for p in parts) for k in ("duration_s", "frames", "audio_s", "audio_truncated_s")}
+        total = {k: round(v, 3) if isinstance(v, float) else v for k, v in total.items()}
+        return MediaInfo(**total, parts=parts)
 
 
 class ChatService:
@@ -107,7 +109,7 @@ class ChatService:
             ticket = self.admission.generations.take(params.max_tokens)  # only once the body is here
             deadline = time.monotonic() + self.settings.request_timeout_s
             try:
-                preparing = self._prepare(chat, intake.video, owner, params, deadline, intake.frames)
+                preparing = self._prepare(chat, intake, owner, params, deadline)
                 prepared = await self._race(preparing, deadline)
             except BaseException:
                 ticket.release()
@@ -130,40 +132,37 @@ class ChatService:
     # -- preparing ------------------------------------------------------------------------------
 
     async def _prepare(
-        self,
-        chat: ChatRequest,
-        video: TempVideo | None,
-        owner: str,
-        params: SamplingParams,
-        deadline: float,
-        frames: list | None = None,
+        self, chat: ChatRequest, intake: Intake, owner: str, params: SamplingParams, deadline: float
     ) -> Prepared:
-        ref = chat.media
-        fetched = None
-        if ref is not None and ref.kind == "url":  # http(s) or file:// (data: URLs are files already)
-            video = fetched = await self._resolve_url(ref.value, ref.param, deadline)
-        try:
-            media = None
-            if ref is not None and ref.kind == "frames":
-                media = await self.worker.frames_features(self._frames(ref, frames or [], deadline), owner)
-            elif video is not None:
-                media = await self.worker.features(video.path, video.sha256, owner, chat.window)
-            elif ref is not None:
-                media = await self.worker.lookup(owner, ref.value)
-                if media is None:
-                    shared = "" if self.worker.tiers.store is not None else NO_STORE
-                    raise UnknownVideo(
-                        f"unknown or expired {ref.param} {ref.value!r}; send the video again{shared}", param=ref.param
-                    )
-        finally:
-            if fetched is not None:
-                fetched.remove()
+        media = [await self._medium(ref, intake.files(i), owner, deadline) for i, ref in enumerate(chat.media)]
         p, embeds = await asyncio.to_thread(self._prompt, chat, media, params)
         for kind, n in p.counts.items():
             METRICS.prompt_tokens.labels(kind).inc(n)
-        alias = ref.alias if ref is not None and video is not None else None
-        report = pipeline.heard(media.report, p, self.model.config) if media is not None else None
-        return Prepared(embeds, p, media, params, alias, report)
+        aliases = [(ref.alias, m.video_id) for ref, m in zip(chat.media, media) if ref.alias]
+        reports = [pipeline.heard(m.report, p, self.model.config, i) for i, m in enumerate(media)]
+        return Prepared(embeds, p, media, params, aliases, reports)
+
+    async def _medium(self, ref, saved: Saved, owner: str, deadline: float) -> CachedMedia:
+        """One medium's features: from its file (sent, fetched or read), its frames, or by name."""
+        video, fetched = saved.file, None
+        if ref.kind == "url":  # http(s) or file:// (data: URLs are files already)
+            video = fetched = await self._resolve_url(ref.value, ref.param, deadline)
+        try:
+            if ref.kind == "frames":
+                return await self.worker.frames_features(self._frames(ref, saved.frames, deadline), owner)
+            if video is not None:
+                return await self.worker.features(video.path, video.sha256, owner, ref.window)
+            media = await self.worker.lookup(owner, ref.value)
+            if media is None:
+                shared = "" if self.worker.tiers.store is not None else NO_STORE
+                raise UnknownVideo(
+                    f"unknown or expired {ref.param} {ref.value!r}; send the video again{shared}", param=ref.param
+                )
+            return media
+        finally:  # its files go as soon as its features are taken (and their upload places with them)
+            saved.remove()
+            if fetched is not None:
+                fetched.remove()
 
     async def _frames(self, ref, sent: list, deadline: float):
         """Each frame's file in order: saved at intake (data: URLs), else fetched or read now, one
@@ -191,23 +190,34 @@ class ChatService:
             place.release()
             raise
 
-    def _prompt(self, chat: ChatRequest, media: CachedMedia | None, params: SamplingParams):
+    def _prompt(self, chat: ChatRequest, media: list[CachedMedia], params: SamplingParams):
         """Tokenizes and embeds the prompt (in a worker thread: tokenizing is not the loop's job)."""
-        embeddings = media.embeddings if media else None
+        parts = [
+            pipeline.Part(m.embeddings, ref.message, ref.modalities) for ref, m in zip(chat.media, media, strict=True)
+        ]
+        ask = functools.partial(
+            pipeline.prompt,
+            self.model.processor,
+            chat.messages,
+            parts,
+            chat.input_modalities,
+            max_audio_windows=chat.max_audio_windows,
+        )
         try:
-            p = pipeline.prompt(
-                self.model.processor,
-                chat.messages,
-                embeddings,
-                chat.input_modalities,
-                max_new_tokens=params.max_tokens,
-                max_audio_windows=chat.max_audio_windows,
-            )
+            try:
+                p = ask(max_new_tokens=params.max_tokens)
+            except ContextLengthError as exc:
+                room = params.max_tokens - exc.over
+                if chat.max_tokens is not None or room < 1:
+                    raise
+                # max_tokens left out: the answer gets the room the prompt leaves (as vLLM's default)
+                p = ask(max_new_tokens=room)
+                params.max_tokens = room
         except ValueError as exc:
             if type(exc) is not ValueError:  # the model's own errors (context, media, modalities)
                 raise
             raise BadParameter(str(exc), param="messages") from None  # the chat itself: roles, order
-        return p, pipeline.prompt_embeds(self.model, p, embeddings)
+        return p, pipeline.prompt_embeds(self.model, p, parts)
 
     async def _race(self, aw, deadline: float):
         """Awaits ``aw`` until the deadline (504) or the end of a stop's drain (503), cancelling it."""
@@ -230,9 +240,9 @@ class ChatService:
     # -- answering ------------------------------------------------------------------------------
 
     def _remember(self, prepared: Prepared, owner: str) -> None:
-        """Registers the request's uuid for its video, once the answer is complete."""
-        if prepared.alias and prepared.media is not None:
-            self.worker.alias(owner, prepared.alias, prepared.media.video_id)
+        """Registers the request's uuids for their media, once the answer is complete."""
+        for alias, video_id in prepared.aliases:
+            self.worker.alias(owner, alias, video_id)
 
     async def _complete(self, prepared: Prepared, ticket: Ticket, owner: str) -> ChatCompletion:
         request_id = f"chatcmpl-{uuid.uuid4().hex}"

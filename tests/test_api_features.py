@@ -111,7 +111,8 @@ def test_images_are_one_frame_videos(demo, oai, sdk, picture):
         oai, {"type": "image_url", "image_url": {"url": _data_url(picture, "image/png")}}, "What colour is the square?"
     )
     assert r.usage.prompt_tokens_details.video_tokens == 829 and r.usage.prompt_tokens_details.audio_tokens == 0
-    assert r.model_extra["media"] == {"duration_s": 0.0, "frames": 1, "audio_s": 0.0, "audio_truncated_s": 0.0}
+    seen = {"duration_s": 0.0, "frames": 1, "audio_s": 0.0, "audio_truncated_s": 0.0}
+    assert r.model_extra["media"] == {**seen, "parts": [{**seen, "video_id": r.model_extra["video_id"]}]}
     ours = sdk.video.chat.create(image=picture, prompt="What colour is the square?")
     assert ours.media.frames == 1 and ours.usage.prompt_tokens_details.video_tokens == 829
     also = sdk.chat.completions.create(

@@ -194,6 +194,8 @@ def test_client_types_match_the_service_schema(server):
         "ChatMessage": clients._types.ChatCompletionMessage,
         "ModelCard": clients.Model,
         "ModelList": clients.ModelList,
+        "MediaInfo": clients._types.MediaInfo,
+        "MediaPart": clients._types.MediaPart,
     }
     for name, cls in pairs.items():
         server_fields = set(schema[name]["properties"])

@@ -84,6 +84,37 @@ def test_greedy_tokens_match_the_in_process_model(server, tiny, media_dir):
     assert r.json()["usage"]["completion_tokens"] == len(ids)
 
 
+def test_two_media_decode_as_the_in_process_model_does(server, tiny, media_dir):
+    """A video and a sound from another file: each engine is given both media's embeddings in
+    their blocks, in order, and decodes the greedy tokens the in-process model does."""
+    from model.generation import TextStream
+    from model.pipeline import Part, embed_media, prompt, prompt_embeds
+
+    video, sound = media_dir / "vllama_dog_barking.mp4", media_dir / "whisper_jfk.flac"
+    embeddings = [e for _, e in embed_media(tiny, [str(video), str(sound)])]
+    messages = [{"role": "user", "content": "What do you hear?"}]
+    parts = [Part(embeddings[0], 0), Part(embeddings[1], 0, ["audio"])]
+    p = prompt(tiny.processor, messages, parts, max_new_tokens=12)
+    ids = list(tiny.generate(prompt_embeds(tiny, p, parts), max_new_tokens=12))
+    stream = TextStream(tiny.tokenizer, eos_token_id=tiny.tokenizer.eos_token_id)
+    expected = "".join(stream.push(t) for t in ids) + stream.finish()
+    data = base64.b64encode(video.read_bytes()).decode()
+    content = [
+        {"type": "text", "text": "What do you hear?"},
+        {"type": "video_url", "video_url": {"url": f"data:video/mp4;base64,{data}"}},
+        {
+            "type": "input_audio",
+            "input_audio": {"data": base64.b64encode(sound.read_bytes()).decode(), "format": "flac"},
+        },
+    ]
+    body = {"messages": [{"role": "user", "content": content}], "max_tokens": 12, "temperature": 0}
+    r = httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"]["content"] == expected
+    assert r.json()["usage"]["prompt_tokens"] == len(p.ids) and p.counts["audio"] == 2 * 64
+    assert [part["frames"] > 0 for part in r.json()["media"]["parts"]] == [True, False]
+
+
 def chat(url, path, prompt="What happens?", **fields):
     files = {"video": (path.name, path.open("rb"), "application/octet-stream")} if path is not None else None
     data = {"prompt": prompt, "max_tokens": "4", **{k: str(v) for k, v in fields.items()}}

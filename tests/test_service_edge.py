@@ -337,7 +337,20 @@ def _bad_requests(clip: bytes) -> list[tuple[str, dict, int]]:
             dict(json={"messages": [{"role": "user", "content": "hi"}], "input_modalities": ["smell"]}, headers=A),
             400,
         ),
-        ("json two videos", dict(json={"messages": [{"role": "user", "content": [part, part]}]}, headers=A), 400),
+        (
+            "json nine videos",
+            dict(json={"messages": [{"role": "user", "content": [{"type": "video_url", "uuid": "v"}] * 9}]}, headers=A),
+            400,
+        ),
+        ("json three videos", dict(json={"messages": [{"role": "user", "content": [part] * 3}]}, headers=A), 400),
+        (
+            "json a video in an assistant message",
+            dict(
+                json={"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": [part]}]},
+                headers=A,
+            ),
+            400,
+        ),
         ("json empty messages", dict(json={"messages": []}, headers=A), 422),
         ("json unknown role", dict(json={"messages": [{"role": "robot", "content": "hi"}]}, headers=A), 422),
         ("json assistant first", dict(json={"messages": [{"role": "assistant", "content": "hi"}]}, headers=A), 400),

@@ -143,12 +143,13 @@ def test_the_form_becomes_a_request():
     )
     assert chat.messages == [{"role": "user", "content": "What?"}] and chat.stream and chat.include_usage
     assert chat.stop == ["a", "b"] and chat.input_modalities == ["video"] and chat.seed == 7
-    assert (chat.window.start, chat.window.end) == (1.5, 4.0) and chat.media.alias == "clip-1"
+    [media] = chat.media
+    assert (media.window.start, media.window.end) == (1.5, 4.0) and media.alias == "clip-1"
     params = chat.to_sampling_params({"temperature": 0.0, "max_tokens": 99}, 256)
     assert params.temperature == 0.5 and params.max_tokens == 99  # the request's value wins, the default fills
     assert parse_form({"prompt": "?", "modalities": "audio"}, None).input_modalities == ["audio"]  # the older name
     follow = parse_form({"prompt": "?", "video_id": "vid-9"}, None)
-    assert follow.media.kind == "video_id" and follow.media.value == "vid-9"
+    assert [(m.kind, m.value) for m in follow.media] == [("video_id", "vid-9")]
     for fields, error in (
         ({"prompt": "?", "stop": "[1]"}, BadParameter),
         ({"prompt": "?", "seed": "x"}, InvalidFields),
@@ -165,7 +166,7 @@ def test_openai_requests_take_output_modalities_and_input_modalities():
         ]
     }
     chat = parse_completion_request({**base, "modalities": ["text"], "input_modalities": ["video"]})
-    assert chat.input_modalities == ["video"] and chat.media.kind == "uuid" and chat.media.value == "clip-1"
+    assert chat.input_modalities == ["video"] and [(m.kind, m.value) for m in chat.media] == [("uuid", "clip-1")]
     with pytest.raises(InvalidFields):
         parse_completion_request({**base, "modalities": ["audio"]})
     status, body, _ = describe(InvalidFields("x", param="modalities"))
@@ -178,20 +179,59 @@ def _parts(*parts) -> dict:
 
 def test_image_url_parts_are_frames_and_audio_parts_are_heard_only():
     image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
-    frames = parse_completion_request(_parts(image, {"type": "image_url", "image_url": {"url": "file:///d/2.png"}}))
-    assert frames.media.kind == "frames" and frames.media.frames == ["data:image/png;base64,AAAA", "file:///d/2.png"]
-    assert parse_completion_request(_parts(image)).media.kind == "url"  # one image is an image
+    [frames] = parse_completion_request(
+        _parts(image, {"type": "image_url", "image_url": {"url": "file:///d/2.png"}})
+    ).media
+    assert frames.kind == "frames" and frames.frames == ["data:image/png;base64,AAAA", "file:///d/2.png"]
+    assert [m.kind for m in parse_completion_request(_parts(image)).media] == ["url"]  # one image is an image
     with pytest.raises(BadParameter, match="at most 100") as err:
         parse_completion_request(_parts(*[image] * 101))
     assert err.value.code == "too_many_frames"
-    audio = parse_completion_request(_parts({"type": "input_audio", "input_audio": {"data": "UklG", "format": "WAV"}}))
-    assert (audio.media.kind, audio.media.value, audio.input_modalities) == ("base64", "UklG", ["audio"])
-    url = parse_completion_request({**_parts({"type": "audio_url", "audio_url": {"url": "https://a/b.mp3", "end": 5}})})
-    assert (url.media.kind, url.media.param, url.window.end, url.input_modalities) == ("url", "audio_url", 5, ["audio"])
-    with pytest.raises(BadParameter, match="one video_url, audio part"):
-        parse_completion_request(_parts(image, {"type": "audio_url", "audio_url": {"url": "https://a/b.mp3"}}))
+    [audio] = parse_completion_request(
+        _parts({"type": "input_audio", "input_audio": {"data": "UklG", "format": "WAV"}})
+    ).media
+    assert (audio.kind, audio.value, audio.modalities) == ("base64", "UklG", ["audio"])
+    [url] = parse_completion_request(
+        _parts({"type": "audio_url", "audio_url": {"url": "https://a/b.mp3", "end": 5}})
+    ).media
+    assert (url.kind, url.param, url.window.end, url.modalities) == ("url", "audio_url", 5, ["audio"])
     with pytest.raises(InvalidFields, match="input_audio.format: takes wav"):
         parse_completion_request(_parts({"type": "input_audio", "input_audio": {"data": "", "format": "midi"}}))
+
+
+def test_several_media_are_each_one_medium_in_conversation_order():
+    image = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+    video = {"type": "video_url", "video_url": {"url": "https://a/v.mp4", "start": 2}}
+    sound = {"type": "audio_url", "audio_url": {"url": "https://a/b.mp3"}}
+    text = {"type": "text", "text": "and"}
+    body = {
+        "messages": [
+            {"role": "user", "content": [text, video, image, image, text, image, sound]},
+            {"role": "assistant", "content": "Seen."},
+            {"role": "user", "content": [{"type": "video_url", "uuid": "clip-1"}, text]},
+        ]
+    }
+    media = parse_completion_request(body).media
+    assert [(m.kind, m.message) for m in media] == [
+        ("url", 0),
+        ("frames", 0),
+        ("url", 0),
+        ("url", 0),
+        ("uuid", 2),
+    ]  # two image_url parts in a row are one video's frames; text between them ends the run
+    assert media[0].window.start == 2 and media[3].modalities == ["audio"] and media[1].modalities is None
+    with pytest.raises(BadParameter, match="at most 8") as err:
+        parse_completion_request(_parts(*[video, text] * 9))
+    assert err.value.code == "too_many_media"
+    with pytest.raises(BadParameter, match="media go in user messages") as err:
+        parse_completion_request(
+            {"messages": [{"role": "user", "content": "?"}, {"role": "assistant", "content": [video]}]}
+        )
+    assert err.value.param == "messages.1"
+    with pytest.raises(BadParameter, match="in each video_url or audio_url"):
+        parse_completion_request({**_parts(video, sound), "start": 1})
+    with pytest.raises(BadParameter, match='must include "audio"'):
+        parse_completion_request({**_parts(video, sound), "input_modalities": ["video"]})
 
 
 def _endless_job(timeout: float) -> FfmpegJob:

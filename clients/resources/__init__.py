@@ -1,6 +1,16 @@
 """The API's resources, as openai-python lays them out: ``video.chat``, ``chat.completions``, ``models``."""
 
-from .chat import AsyncChat, Chat, audio_url_part, frame_parts, image_url_part, input_audio_part, video_url_part
+from .chat import (
+    AsyncChat,
+    Chat,
+    audio_url_part,
+    frame_parts,
+    image_url_part,
+    input_audio_part,
+    reused_parts,
+    user_message,
+    video_url_part,
+)
 from .models import AsyncModels, Models
 from .video import AsyncConversation, AsyncVideo, Conversation, Video
 
@@ -17,5 +27,7 @@ __all__ = [
     "frame_parts",
     "image_url_part",
     "input_audio_part",
+    "reused_parts",
+    "user_message",
     "video_url_part",
 ]

@@ -72,6 +72,20 @@ def audio_url_part(
     }
 
 
+def user_message(*content: str | dict) -> dict:
+    """A user message of text and media parts, in order; each medium gets its own block of the
+    prompt: ``user_message("Which is louder?", video_url_part("a.mp4"), input_audio_part("b.wav"))``."""
+    parts = [{"type": "text", "text": c} if isinstance(c, str) else c for c in content]
+    return {"role": "user", "content": parts}
+
+
+def reused_parts(completion) -> list[dict]:
+    """One ``uuid`` part per medium of an answer (its ``media.parts``' ids), in order: a follow-up
+    that sends these instead of the files asks about the same media without uploading them."""
+    media = completion.media
+    return [{"type": "video_url", "uuid": p.video_id} for p in (media.parts if media is not None else [])]
+
+
 def _body(
     messages, model, stream, max_tokens, temperature, top_p, seed, stop, stream_options, input_modalities, video_id
 ) -> dict:
