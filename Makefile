@@ -94,6 +94,7 @@ bench: install-dev
 	-$(PY) bench/fleet.py
 	-$(PY) bench/batch.py --lines 64
 	-$(PY) bench/long_audio.py --quick
+	-$(PY) bench/several_media.py
 	-$(PY) bench/engines.py
 	-$(PY) bench/training.py
 
