@@ -72,7 +72,7 @@ lint: install-dev
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/hadolint Dockerfile
 
-# About 23 minutes on a quiet 2-core machine (longer on a busy one); the slowest tests are listed at the end.
+# About 25 minutes on a quiet 2-core machine (longer on a busy one); the slowest tests are listed at the end.
 # PYTEST_ARGS passes options on, e.g. PYTEST_ARGS="-m 'not network'" on a machine without PyPI.
 test: install-dev system-deps
 	$(PY) -m pytest --durations=15 $(PYTEST_ARGS)
