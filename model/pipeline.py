@@ -247,18 +247,18 @@ class Prompt:
         return self.audio_windows > 0
 
 
+Medium = MediaEmbeddings | EncoderFeatures | MediaTensors  # any stage's output
+
+
 @dataclass
 class Part:
     """One medium of a conversation (any stage's output: its ``video`` / ``audio``), the user
     message it came in (an index into the messages; None: the first user message), and the
     streams of it to use (None: the request's ``modalities``)."""
 
-    media: MediaEmbeddings | EncoderFeatures | MediaTensors
+    media: Medium
     message: int | None = None
     modalities: Sequence[str] | None = None
-
-
-Medium = MediaEmbeddings | EncoderFeatures | MediaTensors
 
 
 def parts(media: Medium | Part | Sequence[Medium | Part] | None) -> list[Part]:
@@ -304,10 +304,6 @@ def prompt(
     config = processor.config
     items = parts(media)
     blocks = [_block(part, modalities, config, max_audio_windows, i, len(items)) for i, part in enumerate(items)]
-    first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), 0)
-    places = [first_user if b.message is None else b.message for b in blocks]
-    if places != sorted(places):
-        raise ValueError("the media must come in the order of the messages they belong to")
     per_window = config.audio_tokens + 1  # its tokens and the newline after it
     while True:
         try:

@@ -171,10 +171,14 @@ class AVChatProcessor:
 
         media: dict[int, str] = {}
         users = {i for i, role, _ in turns if role == "user"}
+        last = turns[0][0]
         for block in blocks:
             at = turns[0][0] if block.message is None else block.message
             if at not in users:
                 raise ValueError(f"message {at} is not a user message: media go in user messages")
+            if at < last:
+                raise ValueError("the media must come in the order of the messages they belong to")
+            last = at
             text = (self.config.audio_token + "\n") * int(block.audio_windows)
             media[at] = media.get(at, "") + text + (self.config.video_token + "\n" if block.video else "")
         pieces: list[tuple[str, bool]] = []

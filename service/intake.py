@@ -58,9 +58,6 @@ class Intake:
         for medium in self.saved:
             medium.remove()
 
-    def files(self, i: int) -> Saved:
-        return self.saved[i] if i < len(self.saved) else Saved()
-
 
 async def _off_loop(size: int, fn, *args):
     return await asyncio.to_thread(fn, *args) if size > OFF_LOOP_BYTES else fn(*args)

@@ -134,7 +134,9 @@ class ChatService:
     async def _prepare(
         self, chat: ChatRequest, intake: Intake, owner: str, params: SamplingParams, deadline: float
     ) -> Prepared:
-        media = [await self._medium(ref, intake.files(i), owner, deadline) for i, ref in enumerate(chat.media)]
+        media = [
+            await self._medium(ref, saved, owner, deadline) for ref, saved in zip(chat.media, intake.saved, strict=True)
+        ]
         p, embeds = await asyncio.to_thread(self._prompt, chat, media, params)
         for kind, n in p.counts.items():
             METRICS.prompt_tokens.labels(kind).inc(n)
